@@ -1,0 +1,1 @@
+"""vigil: experiments for multimodal tasks, built around silent training bugs."""

@@ -1,0 +1,1 @@
+"""What every task shares: run lifecycle, batch contract, guardrails, data-file safety, logging."""

@@ -1,0 +1,76 @@
+"""The batch contract: a batch is a dataclass whose fields are model inputs, targets or metadata.
+
+The module calls the model with named inputs; nothing passes a whole batch to a model. `check_forward_accepts`
+proves, before training, that the model accepts exactly the input fields of the task's batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any, Literal
+
+from torch import nn
+
+from vigil.core.errors import ConfigError
+
+Role = Literal["input", "target", "meta"]
+
+
+def model_input(**kwargs: Any) -> Any:
+    """A batch field that is handed to the model's forward by name."""
+    return dataclasses.field(metadata={"role": "input"}, **kwargs)
+
+
+def target(**kwargs: Any) -> Any:
+    """A batch field used by the loss and the metrics, never by the model."""
+    return dataclasses.field(metadata={"role": "target"}, **kwargs)
+
+
+def meta(**kwargs: Any) -> Any:
+    """A batch field for bookkeeping (names, ids, sizes): never reaches the model or the loss."""
+    return dataclasses.field(metadata={"role": "meta"}, **kwargs)
+
+
+def fields_with_role(batch_type: type, role: Role) -> tuple[str, ...]:
+    """Names of the fields of a batch dataclass that carry `role`."""
+    names = []
+    for item in dataclasses.fields(batch_type):
+        item_role = item.metadata.get("role")
+        if item_role is None:
+            raise TypeError(
+                f"{batch_type.__name__}.{item.name} has no role: declare it with input/target/meta"
+            )
+        if item_role == role:
+            names.append(item.name)
+    return tuple(names)
+
+
+def forward_parameters(model: nn.Module) -> tuple[set[str], set[str], bool]:
+    """The forward's (required, optional) keyword names, and whether it takes **kwargs."""
+    signature = inspect.signature(model.forward)
+    required, optional, var_keyword = set(), set(), False
+    for parameter in signature.parameters.values():
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            var_keyword = True
+        elif parameter.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
+            (optional if parameter.default is not inspect.Parameter.empty else required).add(parameter.name)
+    return required, optional, var_keyword
+
+
+def check_forward_accepts(model: nn.Module, batch_type: type) -> None:
+    """Raise ConfigError unless `model.forward` takes every input field of `batch_type` and needs no other."""
+    inputs = set(fields_with_role(batch_type, "input"))
+    required, optional, var_keyword = forward_parameters(model)
+    unknown = inputs - required - optional
+    if unknown and not var_keyword:
+        raise ConfigError(
+            f"{type(model).__name__}.forward does not accept {sorted(unknown)} from {batch_type.__name__} "
+            f"(it takes {sorted(required | optional)}): change the model or the batch's input fields"
+        )
+    missing = required - inputs
+    if missing:
+        raise ConfigError(
+            f"{type(model).__name__}.forward requires {sorted(missing)}, which {batch_type.__name__} does not "
+            f"provide as inputs (inputs: {sorted(inputs)})"
+        )

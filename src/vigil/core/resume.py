@@ -1,0 +1,83 @@
+"""Resume: find the checkpoint and the run id to continue, so that training and wandb pick up where they were."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from vigil.core.errors import ConfigError
+
+IGNORED_OVERRIDES = ("resume=", "ckpt_path=")
+RUN_FILE = "run.json"
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """A checkpoint to continue from and the run it belongs to."""
+
+    ckpt_path: Path
+    run_dir: Path
+    run_id: str | None
+
+
+def new_run_id() -> str:
+    """A fresh id, used as the wandb run id so a resumed run continues the same dashboard run."""
+    return uuid.uuid4().hex[:12]
+
+
+def read_run_id(run_dir: Path) -> str | None:
+    """The id recorded in a run directory's `run.json`, if any."""
+    path = run_dir / RUN_FILE
+    return json.loads(path.read_text()).get("run_id") if path.exists() else None
+
+
+def find_resume_point(
+    resume: bool | str, ckpt_path: str | None, overrides: list[str], output_root: Path, current_dir: Path
+) -> ResumePoint | None:
+    """Decide what to resume: `ckpt_path=`, `resume=<run dir>`, or `resume=true` (latest run, same overrides)."""
+    if ckpt_path:
+        path = Path(ckpt_path)
+        if not path.is_file():
+            raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+        run_dir = path.parent.parent
+        return ResumePoint(path, run_dir, read_run_id(run_dir))
+    if resume is False or resume is None:
+        return None
+    if resume is True:
+        run_dir = latest_matching_run(overrides, output_root, current_dir)
+    else:
+        run_dir = Path(str(resume))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise ConfigError(f"resume={resume}: {last} does not exist (nothing to resume; drop resume=)")
+    return ResumePoint(last, run_dir, read_run_id(run_dir))
+
+
+def latest_matching_run(overrides: list[str], output_root: Path, current_dir: Path) -> Path:
+    """The most recent run under `output_root` with the same overrides and a `last.ckpt`."""
+    wanted = _comparable(overrides)
+    candidates = [
+        ckpt.parent.parent
+        for ckpt in output_root.glob("**/checkpoints/last.ckpt")
+        if ckpt.parent.parent.resolve() != current_dir.resolve()
+        and _comparable(_recorded_overrides(ckpt.parent.parent)) == wanted
+    ]
+    if not candidates:
+        raise ConfigError(
+            f"resume=true: no earlier run under {output_root} with overrides {sorted(wanted)} has "
+            "checkpoints/last.ckpt (give resume=<run dir> or ckpt_path=<file>)"
+        )
+    return max(candidates, key=lambda run: (run / "checkpoints" / "last.ckpt").stat().st_mtime)
+
+
+def _recorded_overrides(run_dir: Path) -> list[str]:
+    path = run_dir / ".hydra" / "overrides.yaml"
+    return list(yaml.safe_load(path.read_text()) or []) if path.exists() else []
+
+
+def _comparable(overrides: list[str]) -> set[str]:
+    return {o for o in overrides if not o.startswith(IGNORED_OVERRIDES)}

@@ -1,0 +1,72 @@
+"""`vigil-eval ckpt_path=...`: evaluate a checkpoint on val and test and write `metrics.json`.
+
+The training run's composition is read back from the checkpoint; overrides given here apply on top of it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra import compose
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from vigil.core.config import check_target_arguments
+from vigil.core.errors import ConfigError
+from vigil.core.run import build_module, exit_on_vigil_error, write_json
+from vigil.train import CONF_DIR
+
+EVAL_ONLY_KEYS = ("ckpt_path=", "splits=")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
+@exit_on_vigil_error
+def main(cfg: DictConfig) -> None:
+    """Restore the training composition, evaluate the checkpoint, write `metrics.json`."""
+    metrics = evaluate(cfg)
+    for name, value in metrics.items():
+        print(f"{name}: {value:.4f}")
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Evaluate `cfg.ckpt_path` on `cfg.splits` with the composition it was trained with."""
+    ckpt_path = Path(cfg.ckpt_path)
+    if not ckpt_path.is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    train_cfg = training_config(ckpt_path)
+    check_target_arguments(train_cfg)
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(train_cfg.data)
+    module = build_module(train_cfg)
+    trainer = instantiate(cfg.trainer, logger=[instantiate(node) for node in cfg.logger.values()] or False)
+    metrics: dict[str, float] = {}
+    for split in cfg.splits:
+        run = {"val": trainer.validate, "test": trainer.test}.get(split)
+        if run is None:
+            raise ConfigError(f"splits: unknown split {split!r}; valid: val, test")
+        for result in run(module, datamodule=datamodule, ckpt_path=str(ckpt_path), verbose=False):
+            metrics.update({key: float(value) for key, value in result.items()})
+    if trainer.is_global_zero:
+        write_json(Path(cfg.paths.output_dir) / "metrics.json", dict(sorted(metrics.items())))
+    return metrics
+
+
+def training_config(ckpt_path: Path) -> DictConfig:
+    """Compose the training config from the overrides stored in the checkpoint plus this command's overrides."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    stored = checkpoint.get("vigil")
+    if stored is None:
+        raise ConfigError(
+            f"{ckpt_path}: not a vigil checkpoint (no stored composition); evaluate it in its run"
+        )
+    here = [o for o in HydraConfig.get().overrides.task if not o.startswith(EVAL_ONLY_KEYS)]
+    trained = [o for o in stored["overrides"] if not o.startswith(("resume=", "ckpt_path="))]
+    return compose(config_name="train", overrides=trained + here)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""One folder per task, the same files in each."""

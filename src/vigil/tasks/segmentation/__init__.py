@@ -1,0 +1,1 @@
+"""Binary and multiclass segmentation with segmentation-models-pytorch."""

@@ -1,0 +1,122 @@
+"""Segmentation guardrails: the audit of masks before fit, and the collapse monitor during fit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from vigil.core.guardrails import AuditReport
+
+if TYPE_CHECKING:
+    from vigil.core.datafiles import RecordPolicy
+    from vigil.tasks.segmentation.data import MaskFacts
+
+EMPTY_WARNING_FRACTION = 0.5
+NON_BINARY_WARNING_FRACTION = 0.05
+
+
+def audit_segmentation(
+    facts: dict[str, list[MaskFacts]],
+    skipped: dict[str, RecordPolicy],
+    encoding: str,
+    masking: Any,
+    listing_warnings: list[str],
+    root: Path,
+) -> AuditReport:
+    """Per split: samples, unannotated and empty-mask fractions, non-binary mask values, skipped records."""
+    report = AuditReport(warnings=list(listing_warnings))
+    for split, split_facts in facts.items():
+        report.splits[split] = split_summary(split_facts, skipped[split])
+    for split, summary in report.splits.items():
+        judge_split(report, split, summary, encoding, masking, root)
+    return report
+
+
+def split_summary(facts: list[MaskFacts], skipped: RecordPolicy) -> dict[str, Any]:
+    """The numbers the audit reports for one split."""
+    annotated = [f for f in facts if f.annotated]
+    empty = [f for f in annotated if f.foreground_fraction == 0.0]
+    samples = len(facts)
+    return {
+        "samples": samples,
+        "annotated": len(annotated),
+        "unannotated": samples - len(annotated),
+        "unannotated_fraction": (samples - len(annotated)) / samples if samples else 0.0,
+        "empty_masks": len(empty),
+        "empty_fraction": len(empty) / len(annotated) if annotated else 0.0,
+        "foreground_fraction": float(np.mean([f.foreground_fraction for f in annotated]))
+        if annotated
+        else 0.0,
+        "non_binary_fraction": float(np.mean([f.non_binary_fraction for f in annotated]))
+        if annotated
+        else 0.0,
+        "ignored_fraction": float(np.mean([f.ignored_fraction for f in annotated])) if annotated else 0.0,
+        "skipped": len(skipped.skipped),
+        "skipped_by_reason": skipped.skipped_by_reason(),
+    }
+
+
+def judge_split(
+    report: AuditReport, split: str, summary: dict[str, Any], encoding: str, masking: Any, root: Path
+) -> None:
+    """Turn one split's numbers into warnings and hard errors."""
+    if summary["samples"] == 0:
+        report.errors.append(
+            f"{root}: split '{split}' has no samples (check the split file or split_fractions)"
+        )
+        return
+    if summary["skipped"]:
+        report.warnings.append(
+            f"{split}: {summary['skipped']} records skipped: {summary['skipped_by_reason']}"
+        )
+    if split == "train" and summary["annotated"] and summary["empty_masks"] == summary["annotated"]:
+        report.errors.append(
+            f"{root}: every annotated training mask is empty; the model can only learn to predict nothing "
+            "(check mask_encoding/mask_threshold and that the masks are the right files)"
+        )
+    if split == "train" and summary["annotated"] == 0:
+        report.errors.append(f"{root}: no annotated training sample; nothing to learn from")
+    if split != "train" and summary["annotated"] == 0:
+        report.warnings.append(f"{split}: no annotated samples, its Dice/IoU are undefined")
+    if split == "train" and summary["unannotated"] and getattr(masking, "trains_unannotated", False):
+        report.warnings.append(
+            f"train: {summary['unannotated']} unannotated images will be trained as empty masks "
+            f"(masking={type(masking).__name__}); use masking=annotated_only unless that is the ablation"
+        )
+    if summary["empty_fraction"] > EMPTY_WARNING_FRACTION:
+        report.warnings.append(f"{split}: {summary['empty_fraction']:.0%} of annotated masks are empty")
+    if encoding == "threshold" and summary["non_binary_fraction"] > NON_BINARY_WARNING_FRACTION:
+        report.warnings.append(
+            f"{split}: {summary['non_binary_fraction']:.1%} of mask pixels are neither near 0 nor 255; "
+            "are these index masks? (data.mask_encoding=index)"
+        )
+
+
+def health_stats(logits: torch.Tensor, mask: torch.Tensor, annotated: torch.Tensor) -> dict[str, float]:
+    """`pred_mean` (predicted foreground fraction) vs `target_mean` (true one), on annotated samples."""
+    if not annotated.any():
+        return {}
+    logits, mask = logits[annotated].detach(), mask[annotated]
+    if logits.shape[1] == 1:
+        predicted = torch.sigmoid(logits.float()).mean()
+    else:
+        predicted = 1.0 - torch.softmax(logits.float(), dim=1)[:, 0].mean()
+    return {"pred_mean": float(predicted), "target_mean": float((mask > 0).float().mean())}
+
+
+def collapse_alerts(stats: dict[str, float], collapse_ratio: float, min_target_mean: float) -> dict[str, str]:
+    """Prediction collapse: predicted foreground far below the true foreground while targets are not empty."""
+    if "pred_mean" not in stats or stats["target_mean"] < min_target_mean:
+        return {}
+    if stats["pred_mean"] >= collapse_ratio * stats["target_mean"]:
+        return {}
+    return {
+        "prediction_collapse": (
+            f"predicted foreground {stats['pred_mean']:.4f} is below {collapse_ratio:g} x the true foreground "
+            f"{stats['target_mean']:.4f}: the model is learning to predict empty masks (unannotated images "
+            "trained as empty? try masking=annotated_only, a dice/combined loss)"
+        )
+    }

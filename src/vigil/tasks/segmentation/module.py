@@ -1,0 +1,128 @@
+"""The segmentation LightningModule: model, masking, loss, metrics, health and pictures wired together."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from vigil.core.guardrails import check_finite_loss
+from vigil.core.pictures import publish_figure
+from vigil.tasks.segmentation.data import SegmentationBatch
+from vigil.tasks.segmentation.health import collapse_alerts, health_stats
+from vigil.tasks.segmentation.metrics import SegmentationOverlap
+from vigil.tasks.segmentation.pictures import overlay_grid
+
+
+class SegmentationModule(pl.LightningModule):
+    """Trains a segmentation model on the samples and pixels its masking strategy lets count."""
+
+    task_name = "segmentation"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: nn.Module,
+        masking: Callable[..., Any],
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        num_classes: int = 1,
+        ignore_index: int | None = None,
+        class_names: list[str] | None = None,
+        threshold: float = 0.5,
+        pictures: int = 6,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = loss
+        self.masking = masking
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.threshold = threshold
+        self.pictures = pictures
+        self.metrics = nn.ModuleDict(
+            {
+                split: SegmentationOverlap(num_classes, ignore_index, threshold, class_names)
+                for split in ("val", "test")
+            }
+        )
+        self.picture_batch: tuple[torch.Tensor, ...] | None = None
+
+    def training_step(self, batch: SegmentationBatch, batch_idx: int) -> dict[str, torch.Tensor]:
+        logits = self.model(image=batch.image)
+        targets = self.masking(logits, batch)
+        # A batch with nothing to learn from still touches every parameter, so DDP's gradient sync holds.
+        loss = self.loss(targets.logits, targets.mask) if targets is not None else logits.sum() * 0.0
+        check_finite_loss(loss.detach(), self.global_step, self.current_epoch)
+        size = len(batch)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
+        for name, value in getattr(self.loss, "terms", {}).items():
+            self.log(f"train/loss/{name}", value, on_step=False, on_epoch=True, batch_size=size)
+        self.log("train/annotated_fraction", batch.annotated.float().mean(), on_epoch=True, batch_size=size)
+        return {"loss": loss, "logits": logits.detach()}
+
+    def validation_step(self, batch: SegmentationBatch, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+        if batch_idx == 0 and self.picture_batch is None:
+            self.picture_batch = (batch.image, batch.mask, batch.annotated, batch.name)
+
+    def test_step(self, batch: SegmentationBatch, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def _evaluate(self, batch: SegmentationBatch, split: str) -> None:
+        logits = self.model(image=batch.image)
+        if batch.annotated.any():
+            self.metrics[split].update(logits[batch.annotated], batch.mask[batch.annotated])
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+        if (
+            self.picture_batch is not None
+            and not self.trainer.sanity_checking
+            and self.trainer.is_global_zero
+        ):
+            self._draw_pictures()
+        self.picture_batch = None
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def _log_metrics(self, split: str) -> None:
+        metric = self.metrics[split]
+        values = metric.compute()
+        self.log_dict({f"{split}/{name}": value for name, value in values.items()}, sync_dist=False)
+        metric.reset()
+
+    @torch.no_grad()
+    def _draw_pictures(self) -> None:
+        image, mask, annotated, names = (item[: self.pictures] for item in self.picture_batch)
+        logits = self.model(image=image)
+        if self.num_classes == 1:
+            predicted = (torch.sigmoid(logits[:, 0]) > self.threshold).long()
+        else:
+            predicted = logits.argmax(1)
+        publish_figure(
+            self.trainer, overlay_grid(image, mask, predicted, annotated, list(names)), "val_predictions"
+        )
+
+    def health_stats(self, outputs: dict[str, torch.Tensor], batch: SegmentationBatch) -> dict[str, float]:
+        """Predicted vs true foreground fraction of this training batch."""
+        return health_stats(outputs["logits"], batch.mask, batch.annotated)
+
+    def health_alerts(self, stats: dict[str, float], thresholds: dict[str, float]) -> dict[str, str]:
+        """Prediction collapse, judged with the thresholds of `conf/callbacks/health.yaml`."""
+        return collapse_alerts(stats, **thresholds)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer)},
+        }

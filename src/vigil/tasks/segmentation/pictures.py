@@ -1,0 +1,35 @@
+"""The validation picture: image / ground truth / prediction overlays, one row per sample."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from vigil.tasks.segmentation.data import IMAGENET_MEAN, IMAGENET_STD
+
+
+def overlay_grid(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    predictions: torch.Tensor,
+    annotated: torch.Tensor,
+    names: list[str],
+) -> plt.Figure:
+    """A figure with one row per sample: the image, the ground truth overlay, the predicted overlay."""
+    rows = images.shape[0]
+    figure, axes = plt.subplots(rows, 3, figsize=(6, 2 * rows), squeeze=False)
+    for row in range(rows):
+        picture = (images[row].cpu() * IMAGENET_STD + IMAGENET_MEAN).clamp(0, 1).permute(1, 2, 0).numpy()
+        truth = "ground truth" if annotated[row] else "not annotated"
+        panels = [(None, names[row]), (masks[row], truth), (predictions[row], "prediction")]
+        for column, (labels, title) in enumerate(panels):
+            axis = axes[row, column]
+            axis.imshow(picture)
+            if labels is not None and (column != 1 or annotated[row]):
+                shown = np.ma.masked_where(labels.cpu().numpy() == 0, labels.cpu().numpy())
+                axis.imshow(shown, alpha=0.5, cmap="autumn", interpolation="nearest")
+            axis.set_title(title, fontsize=8)
+            axis.axis("off")
+    figure.tight_layout()
+    return figure

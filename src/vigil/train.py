@@ -1,0 +1,26 @@
+"""`vigil-train`: train one composed experiment (`vigil-train task=segmentation loss=dice ...`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from vigil.core.run import exit_on_vigil_error
+
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+@exit_on_vigil_error
+def main(cfg: DictConfig) -> float | None:
+    """Train and return the monitored metric, so a Hydra sweeper can optimise it."""
+    from vigil.core.run import train
+
+    metrics = train(cfg)
+    return metrics.get(cfg.task.monitor)
+
+
+if __name__ == "__main__":
+    main()
