@@ -60,9 +60,7 @@ def training_config(ckpt_path: Path) -> DictConfig:
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     stored = checkpoint.get("vigil")
     if stored is None:
-        raise ConfigError(
-            f"{ckpt_path}: not a vigil checkpoint (no stored composition); evaluate it in its run"
-        )
+        raise ConfigError(f"{ckpt_path}: not a vigil checkpoint (no stored composition); evaluate it in its run")
     here = [o for o in HydraConfig.get().overrides.task if not o.startswith(EVAL_ONLY_KEYS)]
     trained = [o for o in stored["overrides"] if not o.startswith(("resume=", "ckpt_path="))]
     return compose(config_name="train", overrides=trained + here)

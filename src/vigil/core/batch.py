@@ -38,9 +38,7 @@ def fields_with_role(batch_type: type, role: Role) -> tuple[str, ...]:
     for item in dataclasses.fields(batch_type):
         item_role = item.metadata.get("role")
         if item_role is None:
-            raise TypeError(
-                f"{batch_type.__name__}.{item.name} has no role: declare it with input/target/meta"
-            )
+            raise TypeError(f"{batch_type.__name__}.{item.name} has no role: declare it with input/target/meta")
         if item_role == role:
             names.append(item.name)
     return tuple(names)

@@ -17,9 +17,7 @@ def resolve_under(root: Path, relative: str | Path, file: object, record: object
     root = Path(root).resolve()
     candidate = (root / relative).resolve()
     if not candidate.is_relative_to(root):
-        raise DataError(
-            file, record, f"path '{relative}' escapes the data root {root}", "fix the path in the file"
-        )
+        raise DataError(file, record, f"path '{relative}' escapes the data root {root}", "fix the path in the file")
     return candidate
 
 

@@ -172,16 +172,12 @@ class RunRecord(pl.Callback):
         self.resume = resume
         self.first_step_seconds: float | None = None
 
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, i: int
-    ) -> None:
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, i: int) -> None:
         """Record the time from process start to the first training step."""
         if self.first_step_seconds is None:
             self.first_step_seconds = time.time() - psutil.Process().create_time()
 
-    def on_save_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
-    ) -> None:
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         """Store the overrides and config so `vigil-eval` can rebuild the run from the checkpoint alone."""
         checkpoint["vigil"] = {"overrides": self.overrides, "config": self.config, "run_id": self.identity.id}
 

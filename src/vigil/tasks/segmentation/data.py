@@ -93,9 +93,7 @@ class MaskSpec:
 class SegmentationDataset(Dataset):
     """Reads, resizes and normalises the records of one split."""
 
-    def __init__(
-        self, records: list[SegmentationRecord], spec: MaskSpec, size: tuple[int, int], augment: bool
-    ):
+    def __init__(self, records: list[SegmentationRecord], spec: MaskSpec, size: tuple[int, int], augment: bool):
         self.records = records
         self.spec = spec
         self.size = size
@@ -233,9 +231,7 @@ class SegmentationDataModule(pl.LightningDataModule):
     def dataset(self, split: str) -> SegmentationDataset:
         """The Dataset of one split; augmentation only for training."""
         self.setup()
-        return SegmentationDataset(
-            self.splits[split], self.spec, self.image_size, self.augment and split == "train"
-        )
+        return SegmentationDataset(self.splits[split], self.spec, self.image_size, self.augment and split == "train")
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -268,11 +264,7 @@ def list_records(
 ) -> tuple[list[SegmentationRecord], list[str]]:
     """Pair every image with its mask by name; images listed in `unannotated_file` are unannotated."""
     images_folder = root / image_dir
-    images = (
-        sorted(p for p in images_folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if root.exists()
-        else []
-    )
+    images = sorted(p for p in images_folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if root.exists() else []
     if not images:
         raise DataError(
             images_folder,
@@ -285,9 +277,7 @@ def list_records(
     warnings = []
     unknown = sorted(unannotated - {p.stem for p in images})
     if unknown:
-        warnings.append(
-            f"{root / unannotated_file} lists {len(unknown)} names with no image, e.g. {unknown[:3]}"
-        )
+        warnings.append(f"{root / unannotated_file} lists {len(unknown)} names with no image, e.g. {unknown[:3]}")
     records = [
         SegmentationRecord(
             name=path.stem,
@@ -313,9 +303,7 @@ def read_split_file(root: Path, split_file: str, records: list[SegmentationRecor
     try:
         listed = json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise DataError(
-            path, f"line {error.lineno}", f"malformed JSON: {error.msg}", "fix the split file"
-        ) from None
+        raise DataError(path, f"line {error.lineno}", f"malformed JSON: {error.msg}", "fix the split file") from None
     by_path = {record.image_path.resolve(): record for record in records}
     splits = {}
     for split in SPLITS:
@@ -323,9 +311,7 @@ def read_split_file(root: Path, split_file: str, records: list[SegmentationRecor
         for index, relative in enumerate(listed.get(split, [])):
             resolved = resolve_under(root, relative, path, f"{split}[{index}]")
             if resolved not in by_path:
-                raise DataError(
-                    path, f"{split}[{index}]", f"'{relative}' is not an image under {root}", "fix it"
-                )
+                raise DataError(path, f"{split}[{index}]", f"'{relative}' is not an image under {root}", "fix it")
             splits[split].append(by_path[resolved])
     return splits
 
@@ -390,7 +376,5 @@ def open_image(path: Path) -> Image.Image:
         image = Image.open(path)
         image.load()
     except (OSError, UnidentifiedImageError, SyntaxError) as error:
-        raise DataError(
-            path, None, f"cannot be decoded as an image: {error}", "replace or remove the file"
-        ) from None
+        raise DataError(path, None, f"cannot be decoded as an image: {error}", "replace or remove the file") from None
     return image

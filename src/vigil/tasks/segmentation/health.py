@@ -47,12 +47,8 @@ def split_summary(facts: list[MaskFacts], skipped: RecordPolicy) -> dict[str, An
         "unannotated_fraction": (samples - len(annotated)) / samples if samples else 0.0,
         "empty_masks": len(empty),
         "empty_fraction": len(empty) / len(annotated) if annotated else 0.0,
-        "foreground_fraction": float(np.mean([f.foreground_fraction for f in annotated]))
-        if annotated
-        else 0.0,
-        "non_binary_fraction": float(np.mean([f.non_binary_fraction for f in annotated]))
-        if annotated
-        else 0.0,
+        "foreground_fraction": float(np.mean([f.foreground_fraction for f in annotated])) if annotated else 0.0,
+        "non_binary_fraction": float(np.mean([f.non_binary_fraction for f in annotated])) if annotated else 0.0,
         "ignored_fraction": float(np.mean([f.ignored_fraction for f in annotated])) if annotated else 0.0,
         "skipped": len(skipped.skipped),
         "skipped_by_reason": skipped.skipped_by_reason(),
@@ -64,14 +60,10 @@ def judge_split(
 ) -> None:
     """Turn one split's numbers into warnings and hard errors."""
     if summary["samples"] == 0:
-        report.errors.append(
-            f"{root}: split '{split}' has no samples (check the split file or split_fractions)"
-        )
+        report.errors.append(f"{root}: split '{split}' has no samples (check the split file or split_fractions)")
         return
     if summary["skipped"]:
-        report.warnings.append(
-            f"{split}: {summary['skipped']} records skipped: {summary['skipped_by_reason']}"
-        )
+        report.warnings.append(f"{split}: {summary['skipped']} records skipped: {summary['skipped_by_reason']}")
     if split == "train" and summary["annotated"] and summary["empty_masks"] == summary["annotated"]:
         report.errors.append(
             f"{root}: every annotated training mask is empty; the model can only learn to predict nothing "

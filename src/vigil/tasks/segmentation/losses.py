@@ -55,9 +55,7 @@ class MaskedBCE(nn.Module):
 def bce(num_classes: int, ignore_index: int | None = None, pos_weight: float | None = None) -> nn.Module:
     """Pixel-wise binary cross-entropy (binary data); use `ce` for multiclass."""
     if num_classes != 1:
-        raise ValueError(
-            f"loss=bce is for binary data (num_classes=1), got num_classes={num_classes}; use loss=ce"
-        )
+        raise ValueError(f"loss=bce is for binary data (num_classes=1), got num_classes={num_classes}; use loss=ce")
     return MaskedBCE(ignore_index, pos_weight)
 
 
@@ -66,14 +64,10 @@ def ce(num_classes: int, ignore_index: int | None = None, smooth_factor: float |
     if num_classes == 1:
         raise ValueError("loss=ce is for multiclass data (num_classes>1); use loss=bce for binary")
     ignore = -100 if ignore_index is None else ignore_index
-    return SmpLoss(
-        smp.losses.SoftCrossEntropyLoss(smooth_factor=smooth_factor, ignore_index=ignore), num_classes
-    )
+    return SmpLoss(smp.losses.SoftCrossEntropyLoss(smooth_factor=smooth_factor, ignore_index=ignore), num_classes)
 
 
-def dice(
-    num_classes: int, ignore_index: int | None = None, smooth: float = 0.0, log_loss: bool = False
-) -> nn.Module:
+def dice(num_classes: int, ignore_index: int | None = None, smooth: float = 0.0, log_loss: bool = False) -> nn.Module:
     """smp DiceLoss (pooled over the batch; a class empty in the whole batch adds zero)."""
     loss = smp.losses.DiceLoss(
         mode_for(num_classes), from_logits=True, ignore_index=ignore_index, smooth=smooth, log_loss=log_loss
@@ -124,9 +118,7 @@ class CombinedLoss(nn.Module):
     def __init__(self, losses: dict[str, nn.Module], weights: dict[str, float]) -> None:
         super().__init__()
         if set(losses) != set(weights):
-            raise ValueError(
-                f"loss=combined: weights {sorted(weights)} must name the losses {sorted(losses)}"
-            )
+            raise ValueError(f"loss=combined: weights {sorted(weights)} must name the losses {sorted(losses)}")
         self.losses = nn.ModuleDict(losses)
         self.weights = dict(weights)
         self.terms: dict[str, torch.Tensor] = {}

@@ -60,12 +60,8 @@ class SegmentationOverlap(Metric):
             "iou_dataset": smp.metrics.iou_score(tp, fp, fn, tn, reduction="micro", zero_division=1.0),
         }
         if self.num_classes > 1:
-            per_class_dice = smp.metrics.f1_score(
-                tp.sum(0), fp.sum(0), fn.sum(0), tn.sum(0), zero_division=1.0
-            )
-            per_class_iou = smp.metrics.iou_score(
-                tp.sum(0), fp.sum(0), fn.sum(0), tn.sum(0), zero_division=1.0
-            )
+            per_class_dice = smp.metrics.f1_score(tp.sum(0), fp.sum(0), fn.sum(0), tn.sum(0), zero_division=1.0)
+            per_class_iou = smp.metrics.iou_score(tp.sum(0), fp.sum(0), fn.sum(0), tn.sum(0), zero_division=1.0)
             for index, name in enumerate(self.class_names[1:]):
                 results[f"dice/{name}"] = per_class_dice[index]
                 results[f"iou/{name}"] = per_class_iou[index]

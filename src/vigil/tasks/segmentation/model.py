@@ -38,9 +38,7 @@ def smp_model(
         network = smp.from_pretrained(str(Path(pretrained_path)))
         out = network.segmentation_head[0].out_channels
         if out != max(num_classes, 1):
-            raise ValueError(
-                f"{pretrained_path}: model predicts {out} classes, data has num_classes={num_classes}"
-            )
+            raise ValueError(f"{pretrained_path}: model predicts {out} classes, data has num_classes={num_classes}")
         return SegmentationModel(network)
     network = smp.create_model(
         arch,

@@ -46,10 +46,7 @@ class SegmentationModule(pl.LightningModule):
         self.threshold = threshold
         self.pictures = pictures
         self.metrics = nn.ModuleDict(
-            {
-                split: SegmentationOverlap(num_classes, ignore_index, threshold, class_names)
-                for split in ("val", "test")
-            }
+            {split: SegmentationOverlap(num_classes, ignore_index, threshold, class_names) for split in ("val", "test")}
         )
         self.picture_batch: tuple[torch.Tensor, ...] | None = None
 
@@ -81,11 +78,7 @@ class SegmentationModule(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
-        if (
-            self.picture_batch is not None
-            and not self.trainer.sanity_checking
-            and self.trainer.is_global_zero
-        ):
+        if self.picture_batch is not None and not self.trainer.sanity_checking and self.trainer.is_global_zero:
             self._draw_pictures()
         self.picture_batch = None
 
@@ -106,9 +99,7 @@ class SegmentationModule(pl.LightningModule):
             predicted = (torch.sigmoid(logits[:, 0]) > self.threshold).long()
         else:
             predicted = logits.argmax(1)
-        publish_figure(
-            self.trainer, overlay_grid(image, mask, predicted, annotated, list(names)), "val_predictions"
-        )
+        publish_figure(self.trainer, overlay_grid(image, mask, predicted, annotated, list(names)), "val_predictions")
 
     def health_stats(self, outputs: dict[str, torch.Tensor], batch: SegmentationBatch) -> dict[str, float]:
         """Predicted vs true foreground fraction of this training batch."""

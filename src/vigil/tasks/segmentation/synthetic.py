@@ -76,8 +76,7 @@ def draw_scene(rng: np.random.Generator, size: int, has_polyp: bool) -> tuple[np
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     base = np.array([190, 95, 85], np.float32) + rng.normal(0, 12, 3)
     texture = sum(
-        rng.uniform(4, 10)
-        * np.sin(2 * np.pi * (rng.uniform(1, 4) * xx + rng.uniform(1, 4) * yy + rng.random()))
+        rng.uniform(4, 10) * np.sin(2 * np.pi * (rng.uniform(1, 4) * xx + rng.uniform(1, 4) * yy + rng.random()))
         for _ in range(4)
     )
     vignette = 1.0 - 0.45 * ((xx - 0.5) ** 2 + (yy - 0.5) ** 2)
