@@ -25,6 +25,7 @@ from vigil.core.batch import meta, model_input, target
 from vigil.core.datafiles import OnError, RecordPolicy, resolve_under
 from vigil.core.errors import DataError
 from vigil.core.guardrails import AuditReport
+from vigil.core.sampling import evaluation_sampler
 from vigil.tasks.segmentation.health import audit_segmentation
 from vigil.tasks.segmentation.synthetic import SyntheticSegmentation, ensure_synthetic_segmentation
 
@@ -243,10 +244,12 @@ class SegmentationDataModule(pl.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.dataset(split)
         return DataLoader(
-            self.dataset(split),
+            dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=None if shuffle else evaluation_sampler(dataset),
             num_workers=self.num_workers,
             collate_fn=collate_segmentation,
             persistent_workers=self.num_workers > 0,

@@ -48,7 +48,8 @@ class SegmentationOverlap(Metric):
 
     def compute(self) -> dict[str, torch.Tensor]:
         """`dice`, `iou`, `dice_dataset`, `iou_dataset`, and per class when multiclass."""
-        if not self.tp:
+        # Before a DDP sync the states are lists of per-batch tensors; after it, one concatenated tensor.
+        if isinstance(self.tp, list) and not self.tp:
             return {}
         tp, fp, fn, tn = (dim_zero_cat(getattr(self, name)) for name in ("tp", "fp", "fn", "tn"))
         if self.num_classes > 1:

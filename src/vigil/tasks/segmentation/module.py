@@ -88,7 +88,8 @@ class SegmentationModule(pl.LightningModule):
     def _log_metrics(self, split: str) -> None:
         metric = self.metrics[split]
         values = metric.compute()
-        self.log_dict({f"{split}/{name}": value for name, value in values.items()}, sync_dist=False)
+        # Already synced by torchmetrics; sync_dist only averages identical values (and quiets Lightning).
+        self.log_dict({f"{split}/{name}": value for name, value in values.items()}, sync_dist=True)
         metric.reset()
 
     @torch.no_grad()
