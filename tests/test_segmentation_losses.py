@@ -6,7 +6,7 @@ from vigil.tasks.segmentation.losses import CombinedLoss, bce, ce, dice, focal, 
 IGNORE = 255
 
 
-# --- references, written from the formulas (no smp) -------------------------------------------------------------
+# --- references, written from the formulas (no smp) -----------------------------------------------
 
 
 def counted_pixels(mask, ignore_index):
@@ -117,7 +117,7 @@ def ref_lovasz(logits, mask, ignore_index=None, per_image=False):
     return sum(losses) / len(losses)
 
 
-# --- data -----------------------------------------------------------------------------------------------------------
+# --- data -----------------------------------------------------------------------------------------
 
 
 def binary_case(seed=0, ignore=False):
@@ -144,7 +144,7 @@ def close(value, reference):
     return torch.allclose(value.double(), torch.as_tensor(reference, dtype=torch.float64), rtol=1e-5, atol=1e-6)
 
 
-# --- each loss against its reference ------------------------------------------------------------------------------
+# --- each loss against its reference --------------------------------------------------------------
 
 
 def test_bce_is_mean_binary_cross_entropy():
@@ -185,21 +185,11 @@ def test_ce_label_smoothing_mixes_in_uniform_target():
     assert close(ce(3, smooth_factor=0.1)(logits, mask), ref_ce(logits, mask, smooth=0.1))
 
 
-@pytest.mark.xfail(
-    reason="ce() passes smooth_factor=None (its default, and conf/loss/ce.yaml's) to smp SoftCrossEntropyLoss, "
-    "whose label_smoothed_nll_loss computes `epsilon / C` unconditionally: TypeError on every call",
-    strict=True,
-)
 def test_ce_default_smooth_factor_is_plain_cross_entropy():
     logits, mask = multiclass_case()
     assert close(ce(3)(logits, mask), ref_ce(logits, mask))
 
 
-@pytest.mark.xfail(
-    reason="smp SoftCrossEntropyLoss zeroes ignored pixels but takes the mean over all pixels, so ce's loss shrinks "
-    "by counted/total pixels as more pixels are ignored (the flaw MaskedBCE fixes for bce)",
-    strict=True,
-)
 def test_ce_with_ignore_index_divides_by_counted_pixels_only():
     logits, mask = multiclass_case(ignore=True)
     assert close(ce(3, ignore_index=IGNORE, smooth_factor=0.0)(logits, mask), ref_ce(logits, mask, IGNORE))
@@ -298,7 +288,7 @@ def test_combined_loss_weights_must_name_the_losses():
         CombinedLoss({"dice": dice(1), "bce": bce(1)}, {"dice": 1.0})
 
 
-# --- ignore_index: ignored pixels neither change the loss nor receive gradient ----------------------------------
+# --- ignore_index: ignored pixels neither change the loss nor receive gradient --------------------
 
 BINARY_LOSSES = {
     "bce": lambda: bce(1, ignore_index=IGNORE),

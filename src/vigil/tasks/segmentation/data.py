@@ -303,6 +303,8 @@ def read_name_list(path: Path) -> set[str]:
 def read_split_file(root: Path, split_file: str, records: list[SegmentationRecord]) -> dict[str, list]:
     """Assign records to splits from a JSON file of image paths relative to the data root."""
     path = root / split_file
+    if not path.is_file():
+        raise DataError(path, None, "split file not found", "fix data.split_file, or set it to null to split by seed")
     try:
         listed = json.loads(path.read_text())
     except json.JSONDecodeError as error:

@@ -29,26 +29,27 @@ class SmpLoss(nn.Module):
         return self.loss(logits, target)
 
 
-class MaskedBCE(nn.Module):
-    """Binary cross-entropy averaged over the pixels that count.
+class MaskedPixelLoss(nn.Module):
+    """A per-pixel smp loss averaged over the pixels that count.
 
-    smp's SoftBCEWithLogitsLoss zeroes ignored pixels but still divides by all of them, which shrinks the loss
-    as more pixels are ignored; we reduce with its per-pixel values ourselves.
+    smp's SoftBCEWithLogitsLoss and SoftCrossEntropyLoss zero ignored pixels but still divide by all of them,
+    which shrinks the loss as more pixels are ignored; we take their per-pixel values and reduce ourselves.
     """
 
-    def __init__(self, ignore_index: int | None = None, pos_weight: float | None = None) -> None:
+    def __init__(self, per_pixel: nn.Module, num_classes: int, ignore_index: int | None) -> None:
         super().__init__()
-        weight = torch.tensor([pos_weight]) if pos_weight is not None else None
+        self.per_pixel = per_pixel
+        self.binary = num_classes == 1
         self.ignore_index = ignore_index
-        self.loss = smp.losses.SoftBCEWithLogitsLoss(ignore_index=None, reduction="none", pos_weight=weight)
 
     def forward(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        target = mask.unsqueeze(1).to(logits.dtype)
-        counted = torch.ones_like(target, dtype=torch.bool)
+        counted = torch.ones_like(mask, dtype=torch.bool)
         if self.ignore_index is not None:
-            counted = target != self.ignore_index
-            target = torch.where(counted, target, torch.zeros_like(target))
-        per_pixel = self.loss(logits, target)
+            counted = mask != self.ignore_index
+            mask = torch.where(counted, mask, torch.zeros_like(mask))
+        if self.binary:
+            mask, counted = mask.unsqueeze(1).to(logits.dtype), counted.unsqueeze(1)
+        per_pixel = self.per_pixel(logits, mask)
         return (per_pixel * counted).sum() / counted.sum().clamp_min(1)
 
 
@@ -56,15 +57,17 @@ def bce(num_classes: int, ignore_index: int | None = None, pos_weight: float | N
     """Pixel-wise binary cross-entropy (binary data); use `ce` for multiclass."""
     if num_classes != 1:
         raise ValueError(f"loss=bce is for binary data (num_classes=1), got num_classes={num_classes}; use loss=ce")
-    return MaskedBCE(ignore_index, pos_weight)
+    weight = torch.tensor([pos_weight]) if pos_weight is not None else None
+    per_pixel = smp.losses.SoftBCEWithLogitsLoss(ignore_index=None, reduction="none", pos_weight=weight)
+    return MaskedPixelLoss(per_pixel, num_classes, ignore_index)
 
 
-def ce(num_classes: int, ignore_index: int | None = None, smooth_factor: float | None = None) -> nn.Module:
-    """Pixel-wise softmax cross-entropy (multiclass data)."""
+def ce(num_classes: int, ignore_index: int | None = None, smooth_factor: float = 0.0) -> nn.Module:
+    """Pixel-wise softmax cross-entropy (multiclass data), with optional label smoothing."""
     if num_classes == 1:
         raise ValueError("loss=ce is for multiclass data (num_classes>1); use loss=bce for binary")
-    ignore = -100 if ignore_index is None else ignore_index
-    return SmpLoss(smp.losses.SoftCrossEntropyLoss(smooth_factor=smooth_factor, ignore_index=ignore), num_classes)
+    per_pixel = smp.losses.SoftCrossEntropyLoss(reduction="none", smooth_factor=smooth_factor, ignore_index=None)
+    return MaskedPixelLoss(per_pixel, num_classes, ignore_index)
 
 
 def dice(num_classes: int, ignore_index: int | None = None, smooth: float = 0.0, log_loss: bool = False) -> nn.Module:

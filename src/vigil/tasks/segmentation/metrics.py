@@ -57,8 +57,8 @@ class SegmentationOverlap(Metric):
         results = {
             "dice": smp.metrics.f1_score(tp, fp, fn, tn, reduction="macro-imagewise", zero_division=1.0),
             "iou": smp.metrics.iou_score(tp, fp, fn, tn, reduction="macro-imagewise", zero_division=1.0),
-            "dice_dataset": smp.metrics.f1_score(tp, fp, fn, tn, reduction="micro", zero_division=1.0),
-            "iou_dataset": smp.metrics.iou_score(tp, fp, fn, tn, reduction="micro", zero_division=1.0),
+            "dice_dataset": empty_is_perfect(smp.metrics.f1_score(tp, fp, fn, tn, reduction="micro")),
+            "iou_dataset": empty_is_perfect(smp.metrics.iou_score(tp, fp, fn, tn, reduction="micro")),
         }
         if self.num_classes > 1:
             per_class_dice = smp.metrics.f1_score(tp.sum(0), fp.sum(0), fn.sum(0), tn.sum(0), zero_division=1.0)
@@ -69,6 +69,11 @@ class SegmentationOverlap(Metric):
         return results
 
 
+def empty_is_perfect(score: torch.Tensor) -> torch.Tensor:
+    """0/0 (nothing true, nothing predicted) scores 1; smp ignores `zero_division` for micro reduction."""
+    return torch.nan_to_num(score, nan=1.0)
+
+
 def overlap_counts(
     logits: torch.Tensor, mask: torch.Tensor, num_classes: int, ignore_index: int | None, threshold: float
 ) -> tuple[torch.Tensor, ...]:
@@ -76,7 +81,8 @@ def overlap_counts(
     if num_classes == 1:
         predicted = (torch.sigmoid(logits[:, 0].float()) > threshold).long()
         if ignore_index is None:
-            return smp.metrics.get_stats(predicted, mask.long(), mode="binary")
+            # smp's binary mode reads dim 1 as the class axis: give it (N, 1, H, W).
+            return smp.metrics.get_stats(predicted[:, None], mask.long()[:, None], mode="binary")
         # smp's binary mode has no ignore_index; as two classes, class 1 is the foreground.
         counts = smp.metrics.get_stats(
             predicted, mask.long(), mode="multiclass", num_classes=2, ignore_index=ignore_index

@@ -1,0 +1,140 @@
+"""Composition: every option of every group composes and validates; mistakes fail at once, in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from vigil.core.config import TASK_GROUPS, check_target_arguments, check_task_options
+from vigil.core.errors import ConfigError
+from vigil.train import CONF_DIR
+
+CONF = Path(CONF_DIR)
+TASKS = sorted(p.stem for p in (CONF / "task").glob("*.yaml"))
+REAL_DATA_ROOT = ["data.root=/data/somewhere"]
+
+
+def compose_train(overrides: list[str], config: str = "train") -> tuple[DictConfig, dict]:
+    """Compose like the CLI does; returns the config without its hydra node, and the group choices."""
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        cfg = compose(config, overrides=overrides, return_hydra_config=True)
+    choices = dict(cfg.hydra.runtime.choices)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg, choices
+
+
+def validate(cfg: DictConfig, choices: dict) -> None:
+    check_task_options(cfg, choices)
+    check_target_arguments(cfg)
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def task_option_cases() -> list[tuple[str, str, str]]:
+    cases = []
+    for task in TASKS:
+        owned = OmegaConf.load(CONF / "task" / f"{task}.yaml").task.options
+        cases += [(task, group, option) for group in TASK_GROUPS for option in owned[group]]
+    return cases
+
+
+def overrides_for(group: str, option: str) -> list[str]:
+    needs_root = {"kvasir_seg", "folder"}
+    extra = REAL_DATA_ROOT if option in needs_root else []
+    if option == "ce":
+        extra = ["data=folder", *REAL_DATA_ROOT, "data.num_classes=3"]
+    return [f"{group}={option}", *extra]
+
+
+@pytest.mark.parametrize(("task", "group", "option"), task_option_cases())
+def test_every_task_option_composes_and_validates(task: str, group: str, option: str):
+    cfg, choices = compose_train([f"task={task}", *overrides_for(group, option)])
+    validate(cfg, choices)
+    if group in ("loss", "masking"):
+        assert instantiate(cfg[group]) is not None
+
+
+def test_every_option_file_belongs_to_exactly_one_task():
+    owners: dict[tuple[str, str], list[str]] = {}
+    for task in TASKS:
+        owned = OmegaConf.load(CONF / "task" / f"{task}.yaml").task.options
+        for group in TASK_GROUPS:
+            for option in owned[group]:
+                owners.setdefault((group, option), []).append(task)
+    for group in TASK_GROUPS:
+        for option in options(group):
+            assert len(owners.get((group, option), [])) == 1, (
+                f"{group}/{option}.yaml owned by {owners.get((group, option))}"
+            )
+    assert all((CONF / group / f"{option}.yaml").exists() for group, option in owners)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        *[[f"trainer={t}"] for t in options("trainer")],
+        *[[f"logger={name}"] for name in options("logger")],
+        *[[f"callbacks={name}"] for name in options("callbacks")],
+        *[[f"debug={name}"] for name in options("debug")],
+        *[[f"experiment={name}", *REAL_DATA_ROOT] for name in options("experiment")],
+        ["trainer=ddp", "trainer.num_nodes=2"],
+        ["hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu", "trainer=ddp", "trainer.num_nodes=2"],
+    ],
+    ids=lambda overrides: " ".join(overrides),
+)
+def test_infrastructure_options_compose_and_validate(overrides: list[str]):
+    validate(*compose_train(overrides))
+
+
+def test_submitit_slurm_launcher_is_the_plugin():
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=submitit_slurm"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+
+
+def test_eval_and_audit_configs_compose():
+    validate(*compose_train(["ckpt_path=/x/best.ckpt"], config="eval"))
+    cfg, _ = compose_train([], config="audit")
+    check_target_arguments(cfg)
+
+
+def test_bf16_mixed_precision_builds_a_cpu_trainer():
+    cfg, _ = compose_train(["trainer.precision=bf16-mixed"])
+    cfg.trainer.default_root_dir = "unused"
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    assert trainer.precision == "bf16-mixed"
+
+
+def test_option_of_another_task_fails_naming_the_valid_ones():
+    cfg, choices = compose_train(["loss=bce"])
+    cfg.task.options.loss = ["dice", "focal"]
+    with pytest.raises(ConfigError, match=r"^loss=bce is not an option of task=segmentation; valid: dice, focal$"):
+        check_task_options(cfg, choices)
+
+
+def test_misspelled_key_on_the_command_line_fails_at_composition():
+    with pytest.raises(ConfigCompositionException, match="max_epoch"):
+        compose_train(["trainer.max_epoch=3"])
+
+
+def test_misspelled_key_in_a_config_file_fails_naming_the_target_and_valid_keys():
+    cfg, _ = compose_train(["loss=dice"])
+    with open_dict(cfg):
+        cfg.loss.smoth = 1.0
+    with pytest.raises(
+        ConfigError, match=r"^loss: vigil\.tasks\.segmentation\.losses\.dice takes no argument smoth; valid:"
+    ):
+        check_target_arguments(cfg)
+
+
+def test_unknown_option_lists_the_available_ones():
+    with pytest.raises(ConfigCompositionException, match=r"(?s)Could not find 'loss/dicee'.*Available options"):
+        compose_train(["loss=dicee"])
