@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 
 from vigil.core.errors import DataError
+from vigil.core.synthetic import COMPLETE_MARKER
 from vigil.tasks.segmentation.data import SegmentationBatch, SegmentationDataModule, collate_segmentation
 from vigil.tasks.segmentation.masking import AllPixels, AnnotatedOnly
 from vigil.tasks.segmentation.synthetic import (
-    COMPLETE_MARKER,
     SyntheticSegmentation,
     ensure_synthetic_segmentation,
     write_synthetic_segmentation,
@@ -76,7 +76,6 @@ def test_write_synthetic_segmentation_writes_kvasir_layout(tmp_path):
     assert len(images) == 6
     assert sorted(set(masks) | unannotated) == images
     assert not set(masks) & unannotated
-    assert json.loads((tmp_path / "set" / COMPLETE_MARKER).read_text())["num_images"] == 6
 
 
 def test_ensure_synthetic_segmentation_reuses_a_complete_data_set(tmp_path):
@@ -85,6 +84,7 @@ def test_ensure_synthetic_segmentation_reuses_a_complete_data_set(tmp_path):
     second = ensure_synthetic_segmentation(tmp_path, SyntheticSegmentation(num_images=4, image_size=32))
     assert first == second
     assert (second / COMPLETE_MARKER).stat().st_mtime_ns == marker
+    assert json.loads((first / COMPLETE_MARKER).read_text())["num_images"] == 4
     assert [p.name for p in tmp_path.iterdir()] == [first.name]
 
 

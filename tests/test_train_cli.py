@@ -27,7 +27,14 @@ def test_fast_dev_run_completes_and_writes_the_run_directory(cli, tmp_path: Path
 def test_short_training_reaches_a_dice_threshold_with_checkpoints_log_and_pictures(cli, tmp_path: Path):
     run = tmp_path / "run"
     result = cli(
-        "train", "logger=csv", f"hydra.run.dir={run}", "trainer.max_epochs=5", "trainer.enable_progress_bar=false"
+        "train",
+        "logger=csv",
+        f"hydra.run.dir={run}",
+        "trainer.max_epochs=8",
+        "data.synthetic.num_images=96",
+        "data.image_size=[32,32]",
+        "data.batch_size=8",
+        "trainer.enable_progress_bar=false",
     )
     assert result.returncode == 0, result.output
     metrics = read_json(run / "metrics.json")

@@ -26,7 +26,9 @@ from vigil.core.datafiles import OnError, RecordPolicy, resolve_under
 from vigil.core.errors import DataError
 from vigil.core.guardrails import AuditReport
 from vigil.core.sampling import evaluation_sampler
+from vigil.core.synthetic import synthetic_folder
 from vigil.tasks.segmentation.health import audit_segmentation
+from vigil.tasks.segmentation.synthetic import NAME as SYNTHETIC_NAME
 from vigil.tasks.segmentation.synthetic import SyntheticSegmentation, ensure_synthetic_segmentation
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -192,7 +194,7 @@ class SegmentationDataModule(pl.LightningDataModule):
     @property
     def data_root(self) -> Path:
         """The folder actually read: `root`, or the generated data set's folder under it."""
-        return self.root / self.synthetic.folder_name() if self.synthetic else self.root
+        return synthetic_folder(self.root, SYNTHETIC_NAME, self.synthetic) if self.synthetic else self.root
 
     def prepare_data(self) -> None:
         """Write the synthetic data set when it is missing (rank zero only, under DDP)."""
@@ -253,7 +255,8 @@ class SegmentationDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=collate_segmentation,
             persistent_workers=self.num_workers > 0,
-            drop_last=False,
+            # A last training batch of one sample breaks BatchNorm; evaluation keeps every sample.
+            drop_last=shuffle and len(dataset) > self.batch_size,
         )
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import nn
 
 from vigil.core.guardrails import check_finite_loss
+from vigil.core.module import TaskModule
 from vigil.core.pictures import publish_figure
 from vigil.tasks.segmentation.data import SegmentationBatch
 from vigil.tasks.segmentation.health import collapse_alerts, health_stats
@@ -17,7 +17,7 @@ from vigil.tasks.segmentation.metrics import SegmentationOverlap
 from vigil.tasks.segmentation.pictures import overlay_grid
 
 
-class SegmentationModule(pl.LightningModule):
+class SegmentationModule(TaskModule):
     """Trains a segmentation model on the samples and pixels its masking strategy lets count."""
 
     task_name = "segmentation"
@@ -35,12 +35,7 @@ class SegmentationModule(pl.LightningModule):
         threshold: float = 0.5,
         pictures: int = 6,
     ) -> None:
-        super().__init__()
-        self.model = model
-        self.loss = loss
-        self.masking = masking
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
+        super().__init__(model, loss, masking, optimizer, scheduler)
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.threshold = threshold
@@ -109,12 +104,3 @@ class SegmentationModule(pl.LightningModule):
     def health_alerts(self, stats: dict[str, float], thresholds: dict[str, float]) -> dict[str, str]:
         """Prediction collapse, judged with the thresholds of `conf/callbacks/health.yaml`."""
         return collapse_alerts(stats, **thresholds)
-
-    def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer)},
-        }

@@ -7,22 +7,20 @@ samples without annotation. Some images are truly negative (no polyp) and have a
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-COMPLETE_MARKER = "synthetic.json"
+from vigil.core.synthetic import ensure_synthetic
+
+NAME = "synthetic_seg"
 
 
 @dataclass(frozen=True)
 class SyntheticSegmentation:
-    """Parameters of the generated data set; the folder name is a hash of them."""
+    """Parameters of the generated data set; its folder name is a hash of them."""
 
     num_images: int = 240
     image_size: int = 96
@@ -30,32 +28,16 @@ class SyntheticSegmentation:
     unannotated_fraction: float = 0.2
     seed: int = 0
 
-    def folder_name(self) -> str:
-        """A name unique to these parameters, so changed parameters write a new data set."""
-        digest = hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
-        return f"synthetic_seg-{digest}"
-
 
 def ensure_synthetic_segmentation(base: Path, spec: SyntheticSegmentation) -> Path:
     """Return the data root for `spec` under `base`, writing it first if it is not complete."""
-    root = Path(base) / spec.folder_name()
-    if (root / COMPLETE_MARKER).exists():
-        return root
-    staging = root.with_name(f"{root.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    write_synthetic_segmentation(staging, spec)
-    try:
-        staging.rename(root)
-    except OSError:
-        # Another process finished writing the same data set first; theirs is identical.
-        shutil.rmtree(staging, ignore_errors=True)
-    return root
+    return ensure_synthetic(base, NAME, spec, write_synthetic_segmentation)
 
 
 def write_synthetic_segmentation(root: Path, spec: SyntheticSegmentation) -> None:
     """Write `spec.num_images` scenes under `root` in the Kvasir-SEG folder layout."""
     rng = np.random.default_rng(spec.seed)
-    (root / "images").mkdir(parents=True)
+    (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir()
     unannotated = []
     for index in range(spec.num_images):
@@ -68,7 +50,6 @@ def write_synthetic_segmentation(root: Path, spec: SyntheticSegmentation) -> Non
             continue
         Image.fromarray(mask).save(root / "masks" / f"{name}.jpg", quality=92)
     (root / "unannotated.txt").write_text("".join(f"{name}\n" for name in unannotated))
-    (root / COMPLETE_MARKER).write_text(json.dumps(asdict(spec), indent=2) + "\n")
 
 
 def draw_scene(rng: np.random.Generator, size: int, has_polyp: bool) -> tuple[np.ndarray, np.ndarray]:
