@@ -12,7 +12,7 @@ $(UV):
 	python3 -m pip install --user --quiet uv
 
 .venv/.installed: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen
+	$(UV) sync --frozen --compile-bytecode
 	touch $@
 
 install: .venv/.installed ## Create .venv from uv.lock

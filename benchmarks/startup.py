@@ -49,16 +49,14 @@ def import_seconds() -> tuple[float, str]:
 
 
 def heaviest_imports(report: str, top: int = 4) -> list[tuple[str, float]]:
-    """The packages that cost most in an `-X importtime` report: cumulative seconds of top-level imports."""
+    """The packages whose own modules cost most in an `-X importtime` report (self seconds, summed per package)."""
     totals: dict[str, float] = defaultdict(float)
     for line in report.splitlines():
         parts = line.split("|")
         if len(parts) != 3 or not parts[1].strip().isdigit():
             continue
-        name = parts[2][1:]
-        # Nested imports are indented; their time is already inside their top-level importer's.
-        if not name.startswith(" "):
-            totals[name.split(".")[0]] += int(parts[1]) / 1e6
+        # Self time, not cumulative: cumulative charges torch to whichever package happened to import it first.
+        totals[parts[2].strip().split(".")[0]] += int(parts[0].rpartition(":")[2]) / 1e6
     return sorted(totals.items(), key=lambda item: item[1], reverse=True)[:top]
 
 
@@ -74,10 +72,6 @@ def startup(args: Any) -> list[Row]:
     """Median seconds from command to first training step and to import vigil's entry, over repeated runs."""
     imports, reports = zip(*(import_seconds() for _ in range(args.startup_runs)), strict=True)
     first_steps, walls = zip(*(first_step_seconds() for _ in range(args.startup_runs)), strict=True)
-    heavy = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in heaviest_imports(reports[-1]))
-    cache = "bytecode cached" if bytecode_cached() else "no bytecode cache"
-    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
-        cache += " (PYTHONDONTWRITEBYTECODE set)"
     first_step, imported = median(first_steps), median(imports)
     return [
         Row(
@@ -86,16 +80,20 @@ def startup(args: Any) -> list[Row]:
             first_step,
             "s",
             note=f"runs {spread(first_steps, 1)}",
-            samples=list(first_steps),
+            samples=[*first_steps],
         ),
         Row(
-            NAME,
-            "vigil-train whole run (1 step)",
-            median(walls),
-            "s",
-            note=" ".join(TRAIN_OVERRIDES),
-            samples=list(walls),
+            NAME, "vigil-train whole run (1 step)", median(walls), "s", note=" ".join(TRAIN_OVERRIDES), samples=[*walls]
         ),
-        Row(NAME, f"import {ENTRY_MODULE}", imported, "s", note=f"{cache}; top: {heavy}", samples=list(imports)),
+        Row(NAME, f"import {ENTRY_MODULE}", imported, "s", note=import_note(reports[-1]), samples=[*imports]),
         Row(NAME, "import share of first step", imported / first_step, "x"),
     ]
+
+
+def import_note(report: str) -> str:
+    """Whether bytecode was cached, and the packages whose modules took the most time to import."""
+    cache = "bytecode cached" if bytecode_cached() else "no bytecode cache"
+    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        cache += " (PYTHONDONTWRITEBYTECODE set)"
+    heavy = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in heaviest_imports(report))
+    return f"{cache}; most self time: {heavy}"

@@ -36,6 +36,7 @@ OVERHEAD_GOAL = 0.05
 BATCH_SIZE = 16
 IMAGE_SIZE = 64
 UNANNOTATED_FRACTION = 0.2
+PROCESS_WARMUP_STEPS = 6
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ def make_batches(count: int, seed: int = 0) -> list[SegmentationBatch]:
         image = torch.randn(BATCH_SIZE, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
         mask = (torch.rand(BATCH_SIZE, IMAGE_SIZE, IMAGE_SIZE, generator=generator) < 0.25).long()
         annotated = torch.rand(BATCH_SIZE, generator=generator) >= UNANNOTATED_FRACTION
+        # Every batch keeps something to learn from, as the plain loop and vigil then take the same path.
         annotated[0] = True
         mask[~annotated] = 0
         names = [f"b{index}_s{sample}" for sample in range(BATCH_SIZE)]
@@ -92,6 +94,7 @@ def plain_round(model: nn.Module, setup: Setup, warmup: int, steps: int) -> floa
         logits = model(image=batch.image)
         keep = batch.annotated
         loss = setup.loss(logits[keep], batch.mask[keep]) if keep.any() else logits.sum() * 0.0
+        # Between forward and backward, where Lightning's closure zeroes them too (set_to_none by default).
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -164,8 +167,9 @@ def measure(setup: Setup, rounds: int, warmup: int, steps: int) -> tuple[list[fl
         optimizer=setup.optimizer,
         num_classes=1,
     )
-    # One untimed pass so the first round of either side does not pay for cold allocator and kernel caches.
-    plain_round(copy.deepcopy(setup.model), setup, warmup=warmup, steps=1)
+    # An untimed pass first: the first few steps of a process run several times slower (cold allocator and
+    # kernel caches), which would otherwise land on whichever side goes first.
+    plain_round(copy.deepcopy(setup.model), setup, warmup=PROCESS_WARMUP_STEPS, steps=1)
     plain, vigil, threads = [], [], 0
     for index in range(rounds):
         order = ("plain", "vigil") if index % 2 == 0 else ("vigil", "plain")
@@ -183,16 +187,18 @@ def train_step(args: Any) -> list[Row]:
     """Steps/s of the plain loop and of vigil, and vigil's time-per-step overhead (median of paired rounds)."""
     quiet_lightning()
     torch.set_num_threads(args.threads)
-    setup = make_setup(args.warmup + args.steps + 1)
+    setup = make_setup(max(args.warmup + args.steps + 1, PROCESS_WARMUP_STEPS + 1))
     plain, vigil, threads = measure(setup, args.rounds, args.warmup, args.steps)
     ratios = [p / v for p, v in zip(plain, vigil, strict=True)]
+    extra_ms = [1000 / v - 1000 / p for p, v in zip(plain, vigil, strict=True)]
     overhead = median(ratios) - 1.0
     shape = f"{BATCH_SIZE}x3x{IMAGE_SIZE}x{IMAGE_SIZE}"
-    context = f"{args.rounds} rounds x {args.steps} steps, {shape}, {args.threads} threads (in fit: {threads})"
+    context = f"{args.rounds} rounds x {args.steps} steps, {shape}, torch threads {args.threads} (in fit: {threads})"
     return [
         Row(NAME, "plain loop", median(plain), "steps/s", note=context, samples=plain),
         Row(NAME, "vigil (Trainer + HealthMonitor)", median(vigil), "steps/s", samples=vigil),
         Row(NAME, "time/step ratio vigil/plain", median(ratios), "x", note=f"rounds {spread(ratios)}", samples=ratios),
+        Row(NAME, "vigil extra time per step", median(extra_ms), "ms", note=f"rounds {spread(extra_ms, 1)}"),
         Row(
             NAME,
             "vigil overhead",

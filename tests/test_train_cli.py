@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import time
 from pathlib import Path
 
@@ -94,26 +95,28 @@ def test_multirun_sweep_groups_runs_and_vigil_compare_tables_them(cli, tmp_path:
 
 def test_killed_run_resumes_from_last_checkpoint_with_the_same_run_id(cli, tmp_path: Path):
     args = ["logger=csv", "trainer.max_epochs=6", *TINY]
-    first = tmp_path / "first"
-    process = cli("train", *args, f"hydra.run.dir={first}", background=True)
-    last = first / "checkpoints" / "last.ckpt"
+    process = cli("train", *args, background=True)
     deadline = time.time() + 300
-    while not last.exists() and time.time() < deadline and process.poll() is None:
+    while not list(tmp_path.glob("outputs/runs/*/checkpoints/last.ckpt")) and time.time() < deadline:
+        assert process.poll() is None, process.stdout.read().decode()
         time.sleep(0.1)
     time.sleep(0.5)
     process.kill()
     process.wait()
-    assert last.exists() and not (first / "metrics.json").exists(), "the first run must die mid-training"
+    (first,) = (path.parent.parent for path in tmp_path.glob("outputs/runs/*/checkpoints/last.ckpt"))
+    last = first / "checkpoints" / "last.ckpt"
+    assert not (first / "metrics.json").exists(), "the first run must die mid-training"
     killed_at = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
 
-    second = tmp_path / "second"
-    result = cli("train", *args, "resume=true", f"hydra.run.dir={second}")
+    result = cli("train", *args, "resume=true")
     assert result.returncode == 0, result.output
+    (second,) = (path for path in tmp_path.glob("outputs/runs/*") if path != first)
     record = read_json(second / "run.json")
-    assert record["resumed_from"] == str(last)
+    assert record["resumed_from"] == str(last.resolve())
     assert record["run_id"] == read_json(first / "run.json")["run_id"]
     assert record["epochs"] == 6
-    steps = [int(row.split(",")[1]) for row in (second / "csv" / "metrics.csv").read_text().splitlines()[1:] if row]
+    with (second / "csv" / "metrics.csv").open() as handle:
+        steps = [int(row["step"]) for row in csv.DictReader(handle)]
     assert min(s for s in steps if s > 0) > killed_at - 1, "the resumed run continues, it does not start over"
 
 

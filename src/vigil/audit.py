@@ -8,7 +8,8 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from vigil.core.run import build_module, exit_on_vigil_error, raise_on_audit_errors, run_audit, validate
+from vigil.core.errors import exit_on_vigil_error
+from vigil.core.run import build_module, raise_on_audit_errors, run_audit, validate
 from vigil.train import CONF_DIR
 
 

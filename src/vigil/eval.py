@@ -16,8 +16,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from vigil.core.config import check_target_arguments
-from vigil.core.errors import ConfigError
-from vigil.core.run import build_module, exit_on_vigil_error, write_json
+from vigil.core.errors import ConfigError, exit_on_vigil_error
+from vigil.core.run import build_module, write_json
 from vigil.train import CONF_DIR
 
 EVAL_ONLY_KEYS = ("ckpt_path=", "splits=")
@@ -39,7 +39,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
     train_cfg = training_config(ckpt_path)
     check_target_arguments(train_cfg)
-    pl.seed_everything(cfg.seed, workers=True)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(train_cfg.data)
     module = build_module(train_cfg)
     trainer = instantiate(cfg.trainer, logger=[instantiate(node) for node in cfg.logger.values()] or False)

@@ -7,7 +7,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from vigil.core.run import exit_on_vigil_error
+from vigil.core.errors import exit_on_vigil_error
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
@@ -16,6 +16,7 @@ CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 @exit_on_vigil_error
 def main(cfg: DictConfig) -> float | None:
     """Train and return the monitored metric, so a Hydra sweeper can optimise it."""
+    # Imported here so that a bad override is reported before torch and Lightning load.
     from vigil.core.run import train
 
     metrics = train(cfg)

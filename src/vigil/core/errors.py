@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
 
 class VigilError(Exception):
     """Base of every error that vigil reports as one line instead of a traceback."""
@@ -37,3 +42,17 @@ class HealthAlertError(VigilError):
 
 class SanityOverfitError(VigilError):
     """`debug=overfit` did not drive the loss below its threshold."""
+
+
+def exit_on_vigil_error(main: Callable[..., Any]) -> Callable[..., Any]:
+    """Report a VigilError as one line on stderr and exit 1, instead of a traceback."""
+
+    @functools.wraps(main)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return main(*args, **kwargs)
+        except VigilError as error:
+            print(f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
+            sys.exit(1)
+
+    return wrapper

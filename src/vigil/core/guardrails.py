@@ -80,12 +80,15 @@ class HealthMonitor(pl.Callback):
         self.thresholds = {task: dict(values) for task, values in (thresholds or {}).items()}
         self.streak: dict[str, int] = {}
         self.alerts_raised: list[str] = []
+        self.batches_seen = 0
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         """Compute, log and judge the health statistics of this batch, every N steps."""
-        if trainer.global_step % self.every_n_steps != 0 or not isinstance(outputs, dict):
+        # Counted in batches, not optimizer steps, so the first batch is always checked.
+        self.batches_seen += 1
+        if (self.batches_seen - 1) % self.every_n_steps != 0 or not isinstance(outputs, dict):
             return
         stats = {name: float(value) for name, value in pl_module.health_stats(outputs, batch).items()}
         thresholds = self.thresholds.get(pl_module.task_name, {})

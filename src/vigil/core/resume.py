@@ -43,8 +43,8 @@ def find_resume_point(
         path = Path(ckpt_path)
         if not path.is_file():
             raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
-        run_dir = path.parent.parent
-        return ResumePoint(path, run_dir, read_run_id(run_dir))
+        run_dir = path.resolve().parent.parent
+        return ResumePoint(path.resolve(), run_dir, read_run_id(run_dir))
     if resume is False or resume is None:
         return None
     if resume is True:
@@ -54,7 +54,7 @@ def find_resume_point(
     last = run_dir / "checkpoints" / "last.ckpt"
     if not last.is_file():
         raise ConfigError(f"resume={resume}: {last} does not exist (nothing to resume; drop resume=)")
-    return ResumePoint(last, run_dir, read_run_id(run_dir))
+    return ResumePoint(last.resolve(), run_dir.resolve(), read_run_id(run_dir))
 
 
 def latest_matching_run(overrides: list[str], output_root: Path, current_dir: Path) -> Path:

@@ -5,12 +5,9 @@ compose -> validate -> seed -> prepare data -> audit -> fit (with monitors) -> t
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,20 +26,6 @@ from vigil.core.loggers import RunIdentity, finish, open_identity_fields, run_id
 from vigil.core.resume import RUN_FILE, ResumePoint, find_resume_point, new_run_id
 
 log = logging.getLogger(__name__)
-
-
-def exit_on_vigil_error(main: Callable[..., Any]) -> Callable[..., Any]:
-    """Report a VigilError as one line on stderr and exit 1, instead of a traceback."""
-
-    @functools.wraps(main)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return main(*args, **kwargs)
-        except VigilError as error:
-            print(f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
-            sys.exit(1)
-
-    return wrapper
 
 
 def validate(cfg: DictConfig) -> None:
@@ -92,7 +75,8 @@ def raise_on_audit_errors(report: AuditReport, fail_on_error: bool = True) -> No
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one training job and return its final metrics (also written to `metrics.json`)."""
     validate(cfg)
-    pl.seed_everything(cfg.seed, workers=True)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    log.info("seed %d", cfg.seed)
     output_dir = Path(cfg.paths.output_dir)
     overrides = list(HydraConfig.get().overrides.task)
     resume = find_resume_point(cfg.resume, cfg.ckpt_path, overrides, Path(cfg.paths.output_root), output_dir)

@@ -55,7 +55,9 @@ class SegmentationModule(TaskModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
         for name, value in getattr(self.loss, "terms", {}).items():
             self.log(f"train/loss/{name}", value, on_step=False, on_epoch=True, batch_size=size)
-        self.log("train/annotated_fraction", batch.annotated.float().mean(), on_epoch=True, batch_size=size)
+        self.log(
+            "train/annotated_fraction", batch.annotated.float().mean(), on_step=False, on_epoch=True, batch_size=size
+        )
         return {"loss": loss, "logits": logits.detach()}
 
     def validation_step(self, batch: SegmentationBatch, batch_idx: int) -> None:

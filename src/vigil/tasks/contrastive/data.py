@@ -1,0 +1,635 @@
+"""Image-caption data: Flickr30k's three annotation formats read into one list of images with their captions.
+
+Under `data.root`: one annotation file and the `flickr30k-images/` folder.
+- `dataset_flickr30k.json` (Karpathy): `images[]` with `filename`, `split`, `sentences[].raw`.
+- `flickr_annotations_30k.csv`: one row per image; `raw` is a JSON list of captions, `split`, `filename`.
+- `results_20130124.token`: `<file>#<n><TAB><caption>` lines; the split comes from `data.split_file` (a Karpathy
+  file, or `{"train": [filenames], "val": [...], "test": [...]}`); images it does not list count as `unassigned`.
+
+An image's identity is its file name, in every format: all captions of one image share it, whatever the order
+of the records, and the integer `img_id` a batch carries is the image's rank among the sorted file names — never
+a record's position. Split values other than train/val/test are counted in the audit when listed in
+`data.extra_splits` (default `restval`) and are an error otherwise.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from PIL import Image, UnidentifiedImageError
+from timm.data import create_transform
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from vigil.core.batch import meta, model_input, target
+from vigil.core.datafiles import OnError, RecordPolicy, resolve_under
+from vigil.core.errors import DataError
+from vigil.core.guardrails import AuditReport
+from vigil.core.sampling import evaluation_sampler
+from vigil.tasks.contrastive.health import audit_captions
+from vigil.tasks.contrastive.synthetic import SyntheticCaptions, ensure_synthetic_captions
+
+SPLITS = ("train", "val", "test")
+UNASSIGNED = "unassigned"
+ANNOTATION_FILES = {
+    "karpathy": "dataset_flickr30k.json",
+    "csv": "flickr_annotations_30k.csv",
+    "token": "results_20130124.token",
+}
+CSV_COLUMNS = ("raw", "split", "filename")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+Format = Literal["auto", "karpathy", "csv", "token"]
+SamplerName = Literal["unique_images", "k_captions"]
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One image as an annotation file lists it, before its file is checked; `record` says where it is listed."""
+
+    filename: str
+    split: str
+    captions: list[str]
+    record: str
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """A checked image: its identity (`img_id`, from the file name), file, split and captions."""
+
+    img_id: int
+    filename: str
+    path: Path
+    split: str
+    captions: tuple[str, ...]
+
+
+@dataclass
+class Catalog:
+    """Every checked image of an annotation file, by split, and what the checks counted on the way."""
+
+    file: Path
+    splits: dict[str, list[ImageRecord]]
+    policy: RecordPolicy
+    merged_duplicates: int = 0
+    empty_captions: int = 0
+    unlisted_files: int = 0
+    extra_splits: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class ContrastiveBatch:
+    """Images and tokenised captions.
+
+    Training batches are pairs: caption i describes image i (an image repeats when the sampler takes several of
+    its captions). Evaluation batches hold each image once and all of its captions; `caption_img_id` says whose.
+    """
+
+    image: torch.Tensor = model_input()
+    input_ids: torch.Tensor = model_input()
+    attention_mask: torch.Tensor = model_input()
+    img_id: torch.Tensor = target()
+    caption_img_id: torch.Tensor = target()
+    filename: list[str] = meta()
+    caption: list[str] = meta()
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+class CaptionDataset(Dataset):
+    """The images of one split. Key `i` gives image i with all its captions; `(i, c)` gives it with caption c."""
+
+    def __init__(self, records: list[ImageRecord], transform: Any) -> None:
+        self.records = records
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, caption = key if isinstance(key, tuple) else (key, None)
+        record = self.records[index]
+        return {
+            "image": self.transform(open_image(record.path)),
+            "captions": record.captions if caption is None else (record.captions[caption],),
+            "img_id": record.img_id,
+            "filename": record.filename,
+        }
+
+
+class CaptionCollate:
+    """Stacks images and tokenises the captions of a list of samples into a ContrastiveBatch."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def __call__(self, samples: list[dict[str, Any]]) -> ContrastiveBatch:
+        captions = [caption for sample in samples for caption in sample["captions"]]
+        tokens = self.tokenizer(
+            captions, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return ContrastiveBatch(
+            image=torch.stack([sample["image"] for sample in samples]),
+            input_ids=tokens["input_ids"],
+            attention_mask=tokens["attention_mask"],
+            img_id=torch.tensor([sample["img_id"] for sample in samples]),
+            caption_img_id=torch.tensor([sample["img_id"] for sample in samples for _ in sample["captions"]]),
+            filename=[sample["filename"] for sample in samples],
+            caption=captions,
+        )
+
+
+class CaptionBatchSampler(BatchSampler):
+    """Batches of (image, caption) keys from the image indices `sampler` yields.
+
+    - `unique_images` (CLIP): `batch_size` images, each once, with one caption drawn afresh every epoch.
+    - `k_captions` (ALBEF-style): `batch_size // k` images with k different captions each (drawn with
+      replacement only for an image that has fewer than k), so every batch holds same-image positives.
+    Under DDP, Lightning hands this sampler a DistributedSampler in place of `sampler`, so each rank batches its
+    own shard of the images; batches keep a fixed size, which the cross-rank feature gather needs.
+    """
+
+    def __init__(
+        self,
+        sampler: Sampler[int],
+        batch_size: int,
+        drop_last: bool,
+        caption_counts: Sequence[int],
+        mode: SamplerName = "unique_images",
+        k: int = 2,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(sampler, batch_size, drop_last)
+        if mode not in ("unique_images", "k_captions"):
+            raise ValueError(f"data.sampler must be unique_images or k_captions, got {mode!r}")
+        if mode == "k_captions" and not 1 <= k <= batch_size:
+            raise ValueError(f"data.k={k} must be between 1 and data.batch_size={batch_size}")
+        self.caption_counts = list(caption_counts)
+        self.mode = mode
+        self.k = k
+        self.seed = seed
+        self.images_per_batch = batch_size if mode == "unique_images" else batch_size // k
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        images: list[int] = []
+        for index in self.sampler:
+            images.append(index)
+            if len(images) == self.images_per_batch:
+                yield self.pairs(images)
+                images = []
+        if images and not self.drop_last:
+            yield self.pairs(images)
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.sampler), self.images_per_batch)
+        return full + int(bool(rest) and not self.drop_last)
+
+    def pairs(self, images: list[int]) -> list[tuple[int, int]]:
+        """The (image, caption) keys of one batch."""
+        if self.mode == "unique_images":
+            return [(i, self.draw(self.caption_counts[i], 1)[0]) for i in images]
+        return [(i, caption) for i in images for caption in self.draw(self.caption_counts[i], self.k)]
+
+    def draw(self, count: int, k: int) -> list[int]:
+        """k caption indices out of `count`: distinct when there are enough."""
+        if count >= k:
+            return torch.randperm(count, generator=self.generator)[:k].tolist()
+        return torch.randint(count, (k,), generator=self.generator).tolist()
+
+
+class CaptionDataModule(pl.LightningDataModule):
+    """Flickr30k in any of its three formats, or the generated default (`synthetic` set)."""
+
+    batch_type = ContrastiveBatch
+
+    def __init__(
+        self,
+        root: str,
+        cache_dir: str,
+        format: Format = "auto",
+        annotation_file: str | None = None,
+        image_dir: str = "flickr30k-images",
+        split_file: str | None = None,
+        extra_splits: Sequence[str] = ("restval",),
+        image_size: int = 224,
+        batch_size: int = 64,
+        sampler: SamplerName = "unique_images",
+        k: int = 2,
+        num_workers: int = 0,
+        augment: bool = True,
+        max_length: int = 64,
+        tokenizer: str | None = None,
+        vocab_size: int = 2000,
+        on_error: OnError = "raise",
+        seed: int = 0,
+        synthetic: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if format not in ("auto", *ANNOTATION_FILES):
+            raise DataError("config", "data.format", f"unknown format {format!r}", "use auto, karpathy, csv or token")
+        self.root = Path(root)
+        self.cache_dir = Path(cache_dir)
+        self.format = format
+        self.annotation_file = annotation_file
+        self.image_dir = image_dir
+        self.split_file = split_file
+        self.extra_splits = tuple(extra_splits)
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.sampler = sampler
+        self.k = k
+        self.num_workers = num_workers
+        self.augment = augment
+        self.max_length = max_length
+        self.tokenizer_name = tokenizer
+        self.vocab_size = vocab_size
+        self.on_error = on_error
+        self.seed = seed
+        self.synthetic = SyntheticCaptions(**synthetic) if synthetic else None
+        self.catalog: Catalog | None = None
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+
+    @property
+    def data_root(self) -> Path:
+        """The folder actually read: `root`, or the generated data set's folder under it."""
+        return self.root / self.synthetic.folder_name() if self.synthetic else self.root
+
+    def prepare_data(self) -> None:
+        """Write the synthetic data set when it is missing."""
+        if self.synthetic:
+            ensure_synthetic_captions(self.root, self.synthetic)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read and check the annotations, and load (or train) the tokenizer, once; later calls reuse them."""
+        if self.catalog is not None:
+            return
+        path, format = find_annotation_file(self.data_root, self.format, self.annotation_file)
+        policy = RecordPolicy(self.on_error)
+        listings = read_listings(path, format, policy, self.data_root, self.split_file)
+        self.catalog = build_catalog(path, listings, policy, self.data_root, self.image_dir, self.extra_splits)
+        name = self.tokenizer_name
+        if name is None:
+            captions = [c for record in self.catalog.splits["train"] for c in record.captions]
+            name = str(ensure_local_tokenizer(self.cache_dir, captions, self.vocab_size))
+        self.tokenizer = load_tokenizer(name)
+
+    def audit(self, masking: Any) -> AuditReport:
+        """The contrastive audit of the prepared splits (see `health.audit_captions`)."""
+        self.setup()
+        return audit_captions(self.catalog, masking, self.batch_sampler(self.catalog.splits["train"], shuffle=False))
+
+    def dataset(self, split: str) -> CaptionDataset:
+        """The Dataset of one split; augmentation only for training."""
+        self.setup()
+        training = self.augment and split == "train"
+        # No flips (captions say left and right) and crops that keep 90% or more of the image, as OpenCLIP does.
+        transform = create_transform(
+            self.image_size, is_training=training, scale=(0.9, 1.0), hflip=0.0, color_jitter=None, crop_pct=1.0
+        )
+        return CaptionDataset(self.catalog.splits[split], transform)
+
+    def batch_sampler(self, records: list[ImageRecord], shuffle: bool) -> CaptionBatchSampler:
+        """The training batch sampler over `records` (shuffled with the global seed, as Lightning seeds it)."""
+        sampler = RandomSampler(records) if shuffle else range(len(records))
+        counts = [len(record.captions) for record in records]
+        return CaptionBatchSampler(sampler, self.batch_size, True, counts, self.sampler, self.k, self.seed)
+
+    def image_for_id(self, split: str, img_id: int) -> np.ndarray:
+        """The RGB pixels of one image of `split`, by identity (for pictures)."""
+        record = next(r for r in self.catalog.splits[split] if r.img_id == img_id)
+        return np.asarray(open_image(record.path))
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.dataset("train")
+        return self.loader(dataset, batch_sampler=self.batch_sampler(dataset.records, shuffle=True))
+
+    def val_dataloader(self) -> DataLoader:
+        return self.evaluation_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.evaluation_loader("test")
+
+    def evaluation_loader(self, split: str) -> DataLoader:
+        """Each image once with all its captions, in order; under DDP every rank scores its own images once."""
+        dataset = self.dataset(split)
+        return self.loader(dataset, batch_size=self.batch_size, sampler=evaluation_sampler(dataset), shuffle=False)
+
+    def loader(self, dataset: CaptionDataset, **arguments: Any) -> DataLoader:
+        """A DataLoader with this module's collate function and workers."""
+        return DataLoader(
+            dataset,
+            collate_fn=CaptionCollate(self.tokenizer, self.max_length),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            **arguments,
+        )
+
+
+def find_annotation_file(root: Path, format: Format, annotation_file: str | None) -> tuple[Path, str]:
+    """The annotation file and its format: as configured, or the first standard file found under `root`."""
+    if annotation_file:
+        path = resolve_under(root, annotation_file, "config", "data.annotation_file")
+        return path, format if format != "auto" else format_of(path)
+    candidates = ANNOTATION_FILES if format == "auto" else {format: ANNOTATION_FILES[format]}
+    for name, filename in candidates.items():
+        if (root / filename).is_file():
+            return root / filename, name
+    raise DataError(
+        root,
+        None,
+        f"no annotation file ({', '.join(candidates.values())})",
+        "point data.root at the folder holding it, or set data.annotation_file",
+    )
+
+
+def format_of(path: Path) -> str:
+    """The format an annotation file's suffix implies."""
+    suffixes = {".json": "karpathy", ".csv": "csv", ".token": "token", ".txt": "token"}
+    if path.suffix.lower() not in suffixes:
+        raise DataError(path, None, "unknown annotation format", "set data.format to karpathy, csv or token")
+    return suffixes[path.suffix.lower()]
+
+
+def read_listings(path: Path, format: str, policy: RecordPolicy, root: Path, split_file: str | None) -> list[Listing]:
+    """Parse an annotation file of `format`; bad records are raised or skipped by `policy`."""
+    if not path.is_file():
+        raise DataError(path, None, "annotation file not found", "fix data.root or data.annotation_file")
+    if format == "karpathy":
+        return read_karpathy(path, policy)
+    if format == "csv":
+        return read_csv(path, policy)
+    if not split_file:
+        raise DataError(path, None, "the token format carries no splits", "set data.split_file to a split list")
+    return read_token(path, policy, read_split_map(resolve_under(root, split_file, "config", "data.split_file")))
+
+
+def load_json(path: Path) -> Any:
+    """Parse a JSON file; malformed JSON is a DataError naming the line."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        where = f"line {error.lineno}"
+        raise DataError(path, where, f"malformed JSON: {error.msg}", "fix or re-download the file") from None
+
+
+def read_karpathy(path: Path, policy: RecordPolicy) -> list[Listing]:
+    """The Karpathy split file: `{"images": [{"filename", "split", "sentences": [{"raw"}, ...]}, ...]}`."""
+    data = load_json(path)
+    images = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, list):
+        raise DataError(path, None, "no 'images' list", "is this a Karpathy split file (dataset_flickr30k.json)?")
+    listings = []
+    for index, item in enumerate(images):
+        try:
+            listings.append(karpathy_listing(path, f"images[{index}]", item))
+        except DataError as error:
+            policy.reject(error)
+    return listings
+
+
+def karpathy_listing(path: Path, where: str, item: Any) -> Listing:
+    """One Karpathy image record, checked for shape."""
+    if not isinstance(item, dict) or not isinstance(item.get("filename"), str):
+        raise DataError(path, where, "malformed record: no 'filename' string", "fix the record")
+    sentences = item.get("sentences")
+    if not isinstance(sentences, list):
+        kind = type(sentences).__name__
+        raise DataError(path, where, f"captions not a list: 'sentences' is {kind}", "make it a list of {'raw': ...}")
+    captions = []
+    for number, sentence in enumerate(sentences):
+        raw = sentence.get("raw") if isinstance(sentence, dict) else None
+        if not isinstance(raw, str):
+            raise DataError(path, where, f"malformed caption: sentences[{number}] has no 'raw' text", "fix it")
+        if "imgid" in sentence and "imgid" in item and sentence["imgid"] != item["imgid"]:
+            raise DataError(
+                path,
+                where,
+                f"caption of another image: sentences[{number}] has imgid {sentence['imgid']}, "
+                f"the image {item['imgid']}",
+                "regenerate the file; captions must be listed under their own image",
+            )
+        captions.append(raw)
+    return Listing(item["filename"], str(item.get("split")), captions, where)
+
+
+def read_csv(path: Path, policy: RecordPolicy) -> list[Listing]:
+    """The `flickr_annotations_30k.csv` table: one row per image, `raw` a JSON list of its captions."""
+    listings = []
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle, strict=True)
+        try:
+            missing = [column for column in CSV_COLUMNS if column not in (reader.fieldnames or [])]
+            if missing:
+                raise DataError(path, "line 1", f"missing column(s) {missing}", f"the header needs {list(CSV_COLUMNS)}")
+            for row in reader:
+                try:
+                    listings.append(csv_listing(path, f"line {reader.line_num}", row))
+                except DataError as error:
+                    policy.reject(error)
+        except csv.Error as error:
+            raise DataError(path, f"line {reader.line_num}", f"malformed CSV: {error}", "fix the file") from None
+    return listings
+
+
+def csv_listing(path: Path, where: str, row: dict[str | None, Any]) -> Listing:
+    """One CSV row, checked for shape."""
+    if None in row or any(value is None for value in row.values()):
+        raise DataError(path, where, "malformed row: wrong number of fields", "quote fields that contain commas")
+    try:
+        captions = json.loads(row["raw"])
+    except json.JSONDecodeError as error:
+        raise DataError(path, where, f"malformed captions: 'raw' is not JSON ({error.msg})", "fix the row") from None
+    if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
+        kind = type(captions).__name__
+        raise DataError(path, where, f"captions not a list: 'raw' holds {kind}", "make 'raw' a JSON list of strings")
+    return Listing(row["filename"], row["split"], captions, where)
+
+
+def read_split_map(path: Path) -> dict[str, str]:
+    """filename -> split, from a Karpathy file or from `{"train": [filenames], "val": [...], "test": [...]}`."""
+    if not path.is_file():
+        raise DataError(path, None, "split file not found", "fix data.split_file")
+    data = load_json(path)
+    if isinstance(data, dict) and isinstance(data.get("images"), list):
+        return {
+            item["filename"]: str(item.get("split"))
+            for item in data["images"]
+            if isinstance(item, dict) and isinstance(item.get("filename"), str)
+        }
+    if not isinstance(data, dict) or not all(isinstance(names, list) for names in data.values()):
+        raise DataError(path, None, "not a split list", 'expected {"train": [filenames], "val": [...], ...}')
+    return {str(name): split for split, names in data.items() for name in names}
+
+
+def read_token(path: Path, policy: RecordPolicy, split_of: dict[str, str]) -> list[Listing]:
+    """`results_20130124.token`: `<file>#<n><TAB><caption>` lines, grouped by file, in caption-number order."""
+    captions: dict[str, dict[int, str]] = {}
+    first_line: dict[str, int] = {}
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            name, tab, caption = line.rstrip("\n").partition("\t")
+            filename, hash_sign, index = name.rpartition("#")
+            if not (tab and hash_sign and filename and index.isdigit()):
+                error = DataError(
+                    path, f"line {number}", "malformed line: expected '<image>#<n><TAB><caption>'", "fix the line"
+                )
+                policy.reject(error)
+                continue
+            first_line.setdefault(filename, number)
+            captions.setdefault(filename, {})[int(index)] = caption.strip()
+    return [
+        Listing(name, split_of.get(name, UNASSIGNED), [texts[i] for i in sorted(texts)], f"line {first_line[name]}")
+        for name, texts in captions.items()
+    ]
+
+
+def build_catalog(
+    file: Path, listings: list[Listing], policy: RecordPolicy, root: Path, image_dir: str, extra_splits: tuple[str, ...]
+) -> Catalog:
+    """Check every listing (split, captions, file under the root) and give each image its identity."""
+    checked: dict[str, tuple[Listing, Path]] = {}
+    catalog = Catalog(file, {split: [] for split in SPLITS}, policy)
+    for listing in listings:
+        try:
+            path = check_listing(file, listing, root, image_dir, extra_splits)
+            if listing.filename in checked:
+                merge_duplicate(file, checked, listing)
+                catalog.merged_duplicates += 1
+                continue
+        except DataError as error:
+            policy.reject(error)
+            continue
+        checked[listing.filename] = (listing, path)
+    # Identity from the file: the rank of its name, the same whatever order the records come in.
+    for img_id, filename in enumerate(sorted(checked)):
+        listing, path = checked[filename]
+        if listing.split not in SPLITS:
+            catalog.extra_splits[listing.split] = catalog.extra_splits.get(listing.split, 0) + 1
+            continue
+        captions = tuple(caption for caption in listing.captions if caption.strip())
+        catalog.empty_captions += len(listing.captions) - len(captions)
+        catalog.splits[listing.split].append(ImageRecord(img_id, filename, path, listing.split, captions))
+    catalog.unlisted_files = count_unlisted(root / image_dir, set(checked))
+    return catalog
+
+
+def check_listing(file: Path, listing: Listing, root: Path, image_dir: str, extra_splits: tuple[str, ...]) -> Path:
+    """The listing's image file, after checking its split, captions and path; DataError if any is wrong."""
+    known = (*SPLITS, *extra_splits, UNASSIGNED)
+    if listing.split not in known:
+        raise DataError(
+            file,
+            listing.record,
+            f"unknown split: '{listing.split}' is not one of {', '.join(known[:-1])}",
+            "fix the value, or add it to data.extra_splits to count it",
+        )
+    if not [caption for caption in listing.captions if caption.strip()]:
+        raise DataError(file, listing.record, f"no captions: '{listing.filename}' has none", "add captions or drop it")
+    path = resolve_under(root, Path(image_dir) / listing.filename, file, listing.record)
+    if not path.is_file():
+        raise DataError(
+            file,
+            listing.record,
+            f"missing image file: {image_dir}/{listing.filename} not found",
+            "add the image, or fix data.root / data.image_dir",
+        )
+    return path
+
+
+def merge_duplicate(file: Path, checked: dict[str, tuple[Listing, Path]], listing: Listing) -> None:
+    """A second record of the same file adds its captions to the first; in another split it is an error."""
+    first, path = checked[listing.filename]
+    if first.split != listing.split:
+        raise DataError(
+            file,
+            listing.record,
+            f"image in two splits: '{listing.filename}' is {listing.split} here, {first.split} at {first.record}",
+            "an image must stay in one split; fix the split values",
+        )
+    merged = first.captions + [c for c in listing.captions if c not in first.captions]
+    checked[listing.filename] = (Listing(first.filename, first.split, merged, first.record), path)
+
+
+def count_unlisted(folder: Path, listed: set[str]) -> int:
+    """Image files in `folder` that no checked record names (counted, not an error)."""
+    if not folder.is_dir():
+        return 0
+    with os.scandir(folder) as entries:
+        names = {e.name for e in entries if e.is_file() and Path(e.name).suffix.lower() in IMAGE_SUFFIXES}
+    return len(names - listed)
+
+
+def open_image(path: Path) -> Image.Image:
+    """Open and decode an image as RGB, turning a corrupt file into a DataError."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError, SyntaxError) as error:
+        raise DataError(path, None, f"cannot be decoded as an image: {error}", "replace or remove the file") from None
+
+
+def ensure_local_tokenizer(cache_dir: Path, captions: list[str], vocab_size: int) -> Path:
+    """A WordPiece tokenizer trained on `captions`, saved once under `cache_dir` as a transformers folder.
+
+    The folder name hashes the captions and the vocabulary size; it loads with `AutoTokenizer.from_pretrained`
+    like any checkpoint's tokenizer.
+    """
+    digest = hashlib.sha1(json.dumps([vocab_size, sorted(captions)]).encode()).hexdigest()[:10]
+    folder = Path(cache_dir) / f"tokenizer-{digest}"
+    if (folder / "tokenizer.json").exists():
+        return folder
+    staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    train_wordpiece(captions, vocab_size).save_pretrained(staging)
+    try:
+        staging.rename(folder)
+    except OSError:
+        # Another rank wrote the same tokenizer first.
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def train_wordpiece(captions: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A lower-casing BERT-style WordPiece tokenizer trained with `tokenizers` ([CLS] text [SEP])."""
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS)
+    tokenizer.train_from_iterator(captions, trainer)
+    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """A tokenizer by hub name or folder; one without a padding token pads with its end-of-text token."""
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
