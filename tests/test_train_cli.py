@@ -126,10 +126,11 @@ def test_resume_without_an_earlier_run_says_so(cli, tmp_path: Path):
     assert "ConfigError: resume=true: no earlier run" in result.stderr
 
 
-def test_eval_of_a_checkpoint_reproduces_the_training_test_metrics(cli, tmp_path: Path):
+def test_eval_of_a_checkpoint_reproduces_the_training_test_metrics_logged_to_many(cli, tmp_path: Path):
     run = tmp_path / "run"
-    trained = cli("train", "logger=csv", "trainer.max_epochs=1", f"hydra.run.dir={run}", *TINY)
+    trained = cli("train", "logger=many", "trainer.max_epochs=1", f"hydra.run.dir={run}", *TINY)
     assert trained.returncode == 0, trained.output
+    assert list((run / "tensorboard").glob("events.out.tfevents.*")) and list((run / "wandb").glob("offline-run-*"))
     best = read_json(run / "run.json")["best_model_path"]
     evaluation = tmp_path / "eval"
     result = cli("eval", f"ckpt_path={best}", f"hydra.run.dir={evaluation}")
