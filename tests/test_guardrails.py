@@ -10,6 +10,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.trainer.states import TrainerFn
 
 from vigil.core.errors import HealthAlertError, NonFiniteLossError, SanityOverfitError
 from vigil.core.guardrails import AuditReport, HealthMonitor, SanityOverfit
@@ -66,10 +67,13 @@ def monitor_harness(stats: dict[str, float], alerts: dict[str, str]):
     module = SimpleNamespace(
         task_name="segmentation",
         health_stats=lambda outputs, batch: stats,
+        validation_health_stats=lambda: stats,
         health_alerts=lambda s, thresholds: alerts,
         log_dict=lambda values, **kwargs: logged.append(values),
     )
-    trainer = SimpleNamespace(global_step=0, is_global_zero=True)
+    trainer = SimpleNamespace(
+        global_step=0, is_global_zero=True, sanity_checking=False, state=SimpleNamespace(fn=TrainerFn.FITTING)
+    )
     return module, trainer, logged
 
 
@@ -88,6 +92,19 @@ def test_health_alert_stops_the_run_when_configured():
     monitor = HealthMonitor(every_n_steps=1, patience=1, stop_on_alert=True)
     with pytest.raises(HealthAlertError, match=r"prediction_collapse.*stop_on_alert=true"):
         monitor.on_train_batch_end(trainer, module, {"loss": 0}, None, 0)
+
+
+def test_validation_collapse_alerts_per_validation_epoch_during_fit_only():
+    module, trainer, logged = monitor_harness({"pred_mean": 0.0}, {"prediction_collapse": "collapsed"})
+    monitor = HealthMonitor(patience=2)
+    trainer.state.fn = TrainerFn.VALIDATING
+    monitor.on_validation_epoch_end(trainer, module)
+    assert logged == [], "the final evaluation after fit is not judged"
+    trainer.state.fn = TrainerFn.FITTING
+    for _ in range(2):
+        monitor.on_validation_epoch_end(trainer, module)
+    assert [entry["health/val_alert"] for entry in logged] == [0.0, 1.0]
+    assert monitor.alerts_raised == ["health alert 'val_prediction_collapse' at step 0: collapsed"]
 
 
 def test_collapse_is_predicted_foreground_far_below_the_true_one():

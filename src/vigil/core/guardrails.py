@@ -14,6 +14,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 
 from vigil.core.errors import HealthAlertError, NonFiniteLossError, SanityOverfitError
 
@@ -91,18 +92,41 @@ class HealthMonitor(pl.Callback):
         if (self.batches_seen - 1) % self.every_n_steps != 0 or not isinstance(outputs, dict):
             return
         stats = {name: float(value) for name, value in pl_module.health_stats(outputs, batch).items()}
-        thresholds = self.thresholds.get(pl_module.task_name, {})
-        alerts = pl_module.health_alerts(stats, thresholds)
-        for name in list(self.streak):
-            if name not in alerts:
-                self.streak[name] = 0
+        self._judge(trainer, pl_module, stats, prefix="")
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Judge the task's statistics of the whole validation set, each validation during fit.
+
+        A model can fit its training batches and still collapse on held-out images (e.g. when most positives are
+        trained as negatives); only the validation set shows that.
+        """
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        stats = {name: float(value) for name, value in pl_module.validation_health_stats().items()}
+        if stats:
+            self._judge(trainer, pl_module, stats, prefix="val_")
+
+    def _judge(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stats: dict[str, float], prefix: str) -> None:
+        alerts = {
+            f"{prefix}{name}": text
+            for name, text in pl_module.health_alerts(stats, self._thresholds(pl_module)).items()
+        }
+        for name in [name for name in self.streak if name.startswith(prefix) and name not in alerts]:
+            self.streak[name] = 0
         for name in alerts:
             self.streak[name] = self.streak.get(name, 0) + 1
         firing = {name: message for name, message in alerts.items() if self.streak[name] >= self.patience}
         stats["alert"] = float(bool(firing))
-        pl_module.log_dict({f"health/{k}": v for k, v in stats.items()}, on_step=True, on_epoch=False)
+        values = {f"health/{prefix}{k}": v for k, v in stats.items()}
+        if prefix:
+            pl_module.log_dict(values, on_step=False, on_epoch=True)
+        else:
+            pl_module.log_dict(values, on_step=True, on_epoch=False)
         for name, message in firing.items():
             self._raise_alert(trainer, name, message)
+
+    def _thresholds(self, pl_module: pl.LightningModule) -> dict[str, float]:
+        return self.thresholds.get(pl_module.task_name, {})
 
     def _raise_alert(self, trainer: pl.Trainer, name: str, message: str) -> None:
         text = f"health alert '{name}' at step {trainer.global_step}: {message}"

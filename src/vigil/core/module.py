@@ -38,6 +38,10 @@ class TaskModule(pl.LightningModule):
         """The task's `health/*` statistics of one training batch."""
         return {}
 
+    def validation_health_stats(self) -> dict[str, float]:
+        """The task's `health/val_*` statistics of the validation set just finished (empty when it has none)."""
+        return {}
+
     def health_alerts(self, stats: dict[str, float], thresholds: dict[str, float]) -> dict[str, str]:
         """Alerts raised by `stats`, by name, each with what it means and what to try."""
         return {}

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torchmetrics import MeanMetric
 
 from vigil.core.guardrails import check_finite_loss
 from vigil.core.module import TaskModule
@@ -44,6 +45,8 @@ class SegmentationModule(TaskModule):
             {split: SegmentationOverlap(num_classes, ignore_index, threshold, class_names) for split in ("val", "test")}
         )
         self.picture_batch: tuple[torch.Tensor, ...] | None = None
+        # Predicted and true foreground of annotated validation images, for the validation collapse check.
+        self.val_foreground = nn.ModuleDict({"pred_mean": MeanMetric(), "target_mean": MeanMetric()})
 
     def training_step(self, batch: SegmentationBatch, batch_idx: int) -> dict[str, torch.Tensor]:
         logits = self.model(image=batch.image)
@@ -61,20 +64,25 @@ class SegmentationModule(TaskModule):
         return {"loss": loss, "logits": logits.detach()}
 
     def validation_step(self, batch: SegmentationBatch, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+        logits = self._evaluate(batch, "val")
+        for name, value in health_stats(logits, batch.mask, batch.annotated).items():
+            self.val_foreground[name].update(value, weight=int(batch.annotated.sum()))
         if batch_idx == 0 and self.picture_batch is None:
             self.picture_batch = (batch.image, batch.mask, batch.annotated, batch.name)
 
     def test_step(self, batch: SegmentationBatch, batch_idx: int) -> None:
         self._evaluate(batch, "test")
 
-    def _evaluate(self, batch: SegmentationBatch, split: str) -> None:
+    def _evaluate(self, batch: SegmentationBatch, split: str) -> torch.Tensor:
         logits = self.model(image=batch.image)
         if batch.annotated.any():
             self.metrics[split].update(logits[batch.annotated], batch.mask[batch.annotated])
+        return logits
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
+        for metric in self.val_foreground.values():
+            metric.reset()
         if self.picture_batch is not None and not self.trainer.sanity_checking and self.trainer.is_global_zero:
             self._draw_pictures()
         self.picture_batch = None
@@ -102,6 +110,12 @@ class SegmentationModule(TaskModule):
     def health_stats(self, outputs: dict[str, torch.Tensor], batch: SegmentationBatch) -> dict[str, float]:
         """Predicted vs true foreground fraction of this training batch."""
         return health_stats(outputs["logits"], batch.mask, batch.annotated)
+
+    def validation_health_stats(self) -> dict[str, float]:
+        """Predicted vs true foreground over the annotated validation images (synced across ranks)."""
+        if self.val_foreground["pred_mean"].update_count == 0:
+            return {}
+        return {name: float(metric.compute()) for name, metric in self.val_foreground.items()}
 
     def health_alerts(self, stats: dict[str, float], thresholds: dict[str, float]) -> dict[str, str]:
         """Prediction collapse, judged with the thresholds of `conf/callbacks/health.yaml`."""
