@@ -87,16 +87,22 @@ def judge_split(
         )
 
 
-def health_stats(logits: torch.Tensor, mask: torch.Tensor, annotated: torch.Tensor) -> dict[str, float]:
-    """`pred_mean` (predicted foreground fraction) vs `target_mean` (true one), on annotated samples."""
+def health_stats(
+    logits: torch.Tensor, mask: torch.Tensor, annotated: torch.Tensor, threshold: float = 0.5
+) -> dict[str, float]:
+    """`pred_mean` (fraction of pixels predicted foreground) vs `target_mean` (true one), on annotated samples.
+
+    Hard predictions, not mean probabilities: a collapsed model keeps a soft background probability of a few
+    percent everywhere, which can match the true foreground fraction while it predicts no pixel at all.
+    """
     if not annotated.any():
         return {}
     logits, mask = logits[annotated].detach(), mask[annotated]
     if logits.shape[1] == 1:
-        predicted = torch.sigmoid(logits.float()).mean()
+        predicted = torch.sigmoid(logits[:, 0].float()) > threshold
     else:
-        predicted = 1.0 - torch.softmax(logits.float(), dim=1)[:, 0].mean()
-    return {"pred_mean": float(predicted), "target_mean": float((mask > 0).float().mean())}
+        predicted = logits.argmax(dim=1) > 0
+    return {"pred_mean": float(predicted.float().mean()), "target_mean": float((mask > 0).float().mean())}
 
 
 def collapse_alerts(stats: dict[str, float], collapse_ratio: float, min_target_mean: float) -> dict[str, str]:

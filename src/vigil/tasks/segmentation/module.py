@@ -65,7 +65,7 @@ class SegmentationModule(TaskModule):
 
     def validation_step(self, batch: SegmentationBatch, batch_idx: int) -> None:
         logits = self._evaluate(batch, "val")
-        for name, value in health_stats(logits, batch.mask, batch.annotated).items():
+        for name, value in health_stats(logits, batch.mask, batch.annotated, self.threshold).items():
             self.val_foreground[name].update(value, weight=int(batch.annotated.sum()))
         if batch_idx == 0 and self.picture_batch is None:
             self.picture_batch = (batch.image, batch.mask, batch.annotated, batch.name)
@@ -109,7 +109,7 @@ class SegmentationModule(TaskModule):
 
     def health_stats(self, outputs: dict[str, torch.Tensor], batch: SegmentationBatch) -> dict[str, float]:
         """Predicted vs true foreground fraction of this training batch."""
-        return health_stats(outputs["logits"], batch.mask, batch.annotated)
+        return health_stats(outputs["logits"], batch.mask, batch.annotated, self.threshold)
 
     def validation_health_stats(self) -> dict[str, float]:
         """Predicted vs true foreground over the annotated validation images (synced across ranks)."""
