@@ -51,7 +51,11 @@ def cli(tmp_path: Path, synthetic_cache: Path):
 
     def run(entry: str, *args: str, timeout: int = 600, background: bool = False):
         env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-        env.update(VIGIL_ROOT=str(tmp_path), VIGIL_CACHE=str(synthetic_cache), PYTHONUNBUFFERED="1")
+        # One torch thread per process: on two cores, a second thread stalls at every barrier whenever another
+        # process runs (DDP ranks, the test runner), making steps many times slower.
+        env.update(
+            VIGIL_ROOT=str(tmp_path), VIGIL_CACHE=str(synthetic_cache), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1"
+        )
         command = [sys.executable, "-m", f"vigil.{entry}", *args]
         if background:
             return subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -10,6 +10,7 @@ import argparse
 import csv
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,13 +37,18 @@ class RunResult:
 def find_runs(root: Path) -> list[RunResult]:
     """Every run under `root`: a directory with `.hydra/overrides.yaml`, ordered by path."""
     runs = []
-    for overrides_file in sorted(root.glob("**/.hydra/overrides.yaml")):
+    for overrides_file in sorted(root.glob("**/.hydra/overrides.yaml"), key=_natural_key):
         run_dir = overrides_file.parent.parent
         overrides = dict(_split_override(o) for o in yaml.safe_load(overrides_file.read_text()) or [])
         metrics_file = run_dir / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
         runs.append(RunResult(run_dir, overrides, metrics, _monitor(run_dir)))
     return runs
+
+
+def _natural_key(path: Path) -> list[object]:
+    """Sort sweep jobs 0, 1, 2, ..., 10 rather than 0, 1, 10, 2."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
 
 
 def _split_override(override: str) -> tuple[str, str]:

@@ -18,7 +18,6 @@ import csv
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,10 +34,12 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 
 from vigil.core.batch import meta, model_input, target
 from vigil.core.datafiles import OnError, RecordPolicy, resolve_under
-from vigil.core.errors import DataError
+from vigil.core.errors import ConfigError, DataError
 from vigil.core.guardrails import AuditReport
 from vigil.core.sampling import evaluation_sampler
+from vigil.core.synthetic import ensure_synthetic, synthetic_folder
 from vigil.tasks.contrastive.health import audit_captions
+from vigil.tasks.contrastive.synthetic import NAME as SYNTHETIC_NAME
 from vigil.tasks.contrastive.synthetic import SyntheticCaptions, ensure_synthetic_captions
 
 SPLITS = ("train", "val", "test")
@@ -175,13 +176,12 @@ class CaptionBatchSampler(BatchSampler):
     ) -> None:
         super().__init__(sampler, batch_size, drop_last)
         if mode not in ("unique_images", "k_captions"):
-            raise ValueError(f"data.sampler must be unique_images or k_captions, got {mode!r}")
+            raise ConfigError(f"data.sampler={mode} is not a sampler; valid: unique_images, k_captions")
         if mode == "k_captions" and not 1 <= k <= batch_size:
-            raise ValueError(f"data.k={k} must be between 1 and data.batch_size={batch_size}")
+            raise ConfigError(f"data.k={k} must be between 1 and data.batch_size={batch_size}")
         self.caption_counts = list(caption_counts)
         self.mode = mode
         self.k = k
-        self.seed = seed
         self.images_per_batch = batch_size if mode == "unique_images" else batch_size // k
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -241,7 +241,7 @@ class CaptionDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         if format not in ("auto", *ANNOTATION_FILES):
-            raise DataError("config", "data.format", f"unknown format {format!r}", "use auto, karpathy, csv or token")
+            raise ConfigError(f"data.format={format} is not a format; valid: auto, karpathy, csv, token")
         self.root = Path(root)
         self.cache_dir = Path(cache_dir)
         self.format = format
@@ -267,7 +267,7 @@ class CaptionDataModule(pl.LightningDataModule):
     @property
     def data_root(self) -> Path:
         """The folder actually read: `root`, or the generated data set's folder under it."""
-        return self.root / self.synthetic.folder_name() if self.synthetic else self.root
+        return synthetic_folder(self.root, SYNTHETIC_NAME, self.synthetic) if self.synthetic else self.root
 
     def prepare_data(self) -> None:
         """Write the synthetic data set when it is missing."""
@@ -278,9 +278,9 @@ class CaptionDataModule(pl.LightningDataModule):
         """Read and check the annotations, and load (or train) the tokenizer, once; later calls reuse them."""
         if self.catalog is not None:
             return
-        path, format = find_annotation_file(self.data_root, self.format, self.annotation_file)
+        path, detected = find_annotation_file(self.data_root, self.format, self.annotation_file)
         policy = RecordPolicy(self.on_error)
-        listings = read_listings(path, format, policy, self.data_root, self.split_file)
+        listings = read_listings(path, detected, policy, self.data_root, self.split_file)
         self.catalog = build_catalog(path, listings, policy, self.data_root, self.image_dir, self.extra_splits)
         name = self.tokenizer_name
         if name is None:
@@ -307,7 +307,9 @@ class CaptionDataModule(pl.LightningDataModule):
         """The training batch sampler over `records` (shuffled with the global seed, as Lightning seeds it)."""
         sampler = RandomSampler(records) if shuffle else range(len(records))
         counts = [len(record.captions) for record in records]
-        return CaptionBatchSampler(sampler, self.batch_size, True, counts, self.sampler, self.k, self.seed)
+        # A short last batch has few negatives (and breaks BatchNorm at one image): dropped when there are more.
+        drop_last = len(records) > self.batch_size
+        return CaptionBatchSampler(sampler, self.batch_size, drop_last, counts, self.sampler, self.k, self.seed)
 
     def image_for_id(self, split: str, img_id: int) -> np.ndarray:
         """The RGB pixels of one image of `split`, by identity (for pictures)."""
@@ -431,19 +433,36 @@ def read_csv(path: Path, policy: RecordPolicy) -> list[Listing]:
     """The `flickr_annotations_30k.csv` table: one row per image, `raw` a JSON list of its captions."""
     listings = []
     with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle, strict=True)
+        lines = CountedLines(handle)
+        reader = csv.DictReader(lines, strict=True)
         try:
             missing = [column for column in CSV_COLUMNS if column not in (reader.fieldnames or [])]
             if missing:
                 raise DataError(path, "line 1", f"missing column(s) {missing}", f"the header needs {list(CSV_COLUMNS)}")
             for row in reader:
                 try:
-                    listings.append(csv_listing(path, f"line {reader.line_num}", row))
+                    listings.append(csv_listing(path, f"line {lines.count}", row))
                 except DataError as error:
                     policy.reject(error)
         except csv.Error as error:
-            raise DataError(path, f"line {reader.line_num}", f"malformed CSV: {error}", "fix the file") from None
+            raise DataError(path, f"line {lines.count}", f"malformed CSV: {error}", "fix the file") from None
     return listings
+
+
+class CountedLines:
+    """A file's lines, counting those handed out: csv's own `line_num` lags by one when a row fails to parse."""
+
+    def __init__(self, handle: Iterator[str]) -> None:
+        self.handle = handle
+        self.count = 0
+
+    def __iter__(self) -> CountedLines:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self.handle)
+        self.count += 1
+        return line
 
 
 def csv_listing(path: Path, where: str, row: dict[str | None, Any]) -> Listing:
@@ -585,25 +604,21 @@ def open_image(path: Path) -> Image.Image:
         raise DataError(path, None, f"cannot be decoded as an image: {error}", "replace or remove the file") from None
 
 
-def ensure_local_tokenizer(cache_dir: Path, captions: list[str], vocab_size: int) -> Path:
-    """A WordPiece tokenizer trained on `captions`, saved once under `cache_dir` as a transformers folder.
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """What a locally trained tokenizer depends on; its folder name is a hash of it."""
 
-    The folder name hashes the captions and the vocabulary size; it loads with `AutoTokenizer.from_pretrained`
-    like any checkpoint's tokenizer.
-    """
-    digest = hashlib.sha1(json.dumps([vocab_size, sorted(captions)]).encode()).hexdigest()[:10]
-    folder = Path(cache_dir) / f"tokenizer-{digest}"
-    if (folder / "tokenizer.json").exists():
-        return folder
-    staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    train_wordpiece(captions, vocab_size).save_pretrained(staging)
-    try:
-        staging.rename(folder)
-    except OSError:
-        # Another rank wrote the same tokenizer first.
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+    vocab_size: int
+    captions_sha1: str
+
+
+def ensure_local_tokenizer(cache_dir: Path, captions: list[str], vocab_size: int) -> Path:
+    """A WordPiece tokenizer trained on `captions`, written once under `cache_dir` as a transformers folder that
+    loads with `AutoTokenizer.from_pretrained` like any checkpoint's tokenizer."""
+    spec = TokenizerSpec(vocab_size, hashlib.sha1(json.dumps(sorted(captions)).encode()).hexdigest())
+    return ensure_synthetic(
+        cache_dir, "tokenizer", spec, lambda folder, _: train_wordpiece(captions, vocab_size).save_pretrained(folder)
+    )
 
 
 def train_wordpiece(captions: list[str], vocab_size: int) -> PreTrainedTokenizerFast:

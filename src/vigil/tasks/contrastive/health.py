@@ -31,8 +31,8 @@ def audit_captions(catalog: Catalog, masking: Any, sampler: CaptionBatchSampler)
     for split, count in sorted(catalog.extra_splits.items()):
         report.splits[split] = {"samples": count, "used": False}
     judge_file(report, catalog)
-    judge_splits(report, catalog, sampler)
-    if catalog.splits["train"] and len(sampler):
+    judge_splits(report, catalog, sampler.mode)
+    if catalog.splits["train"]:
         report.splits["train"].update(batch_summary(catalog.splits["train"], masking, sampler))
         judge_batches(report, masking, sampler)
     return report
@@ -98,20 +98,14 @@ def judge_file(report: AuditReport, catalog: Catalog) -> None:
         report.warnings.append(f"{catalog.file}: {catalog.empty_captions} empty captions dropped")
 
 
-def judge_splits(report: AuditReport, catalog: Catalog, sampler: CaptionBatchSampler) -> None:
+def judge_splits(report: AuditReport, catalog: Catalog, sampler_mode: str) -> None:
     """Hard errors for splits that cannot train or be scored."""
     for split in ("train", "val"):
         if not catalog.splits[split]:
             report.errors.append(f"{catalog.file}: split '{split}' has no images (check the split values)")
     if not catalog.splits["test"]:
         report.warnings.append(f"{catalog.file}: split 'test' has no images; test/* metrics will be missing")
-    images = len(catalog.splits["train"])
-    if images and not len(sampler):
-        report.errors.append(
-            f"{catalog.file}: {images} training images, fewer than one batch of {sampler.images_per_batch} "
-            "images (lower data.batch_size)"
-        )
-    if sampler.mode == "k_captions" and images and report.splits["train"]["max_captions"] == 1:
+    if sampler_mode == "k_captions" and report.splits["train"]["max_captions"] == 1:
         report.warnings.append(
             "train: every image has one caption, so data.sampler=k_captions repeats it k times per batch"
         )

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, BertConfig, PreTrainedModel
 
+from vigil.core.errors import ConfigError
+
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
 LOGIT_SCALE_MAX = math.log(100)
 Pooling = Literal["mean", "cls"]
@@ -44,12 +46,14 @@ class DualEncoder(nn.Module):
     ) -> None:
         super().__init__()
         if text_pooling not in ("mean", "cls"):
-            raise ValueError(f"model.text_pooling must be mean or cls, got {text_pooling!r}")
+            raise ConfigError(f"model.text_pooling={text_pooling} is not a pooling; valid: mean, cls")
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
         self.embed_dim = embed_dim
         self.text_pooling = text_pooling
-        self.image_projection = nn.Linear(image_encoder.num_features, embed_dim, bias=False)
+        # timm's pooled width: `head_hidden_size` where a head layer follows the pooling (MobileNetV3), else channels.
+        image_width = getattr(image_encoder, "head_hidden_size", None) or image_encoder.num_features
+        self.image_projection = nn.Linear(image_width, embed_dim, bias=False)
         self.text_projection = nn.Linear(text_encoder.config.hidden_size, embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale_init)))
 
@@ -76,7 +80,7 @@ class DualEncoder(nn.Module):
 
 
 def dual_encoder(
-    image_model: str = "resnet18",
+    image_model: str = "regnetx_002",
     pretrained: bool = False,
     image_model_kwargs: dict[str, Any] | None = None,
     text_model: str | None = None,

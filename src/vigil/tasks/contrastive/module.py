@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import nn
 
 from vigil.core.errors import ConfigError
 from vigil.core.guardrails import check_finite_loss
+from vigil.core.module import TaskModule
 from vigil.core.pictures import publish_figure
 from vigil.tasks.contrastive.data import ContrastiveBatch
 from vigil.tasks.contrastive.health import collapse_alerts, health_stats
@@ -20,7 +20,7 @@ from vigil.tasks.contrastive.model import DualEncoder, DualEncoderOutput
 from vigil.tasks.contrastive.pictures import retrieval_grid
 
 
-class ContrastiveModule(pl.LightningModule):
+class ContrastiveModule(TaskModule):
     """Trains a dual encoder on the positives its masking strategy gives, over the batch of every rank."""
 
     task_name = "contrastive"
@@ -37,12 +37,7 @@ class ContrastiveModule(pl.LightningModule):
         pictures: int = 4,
         top_k: int = 5,
     ) -> None:
-        super().__init__()
-        self.model = model
-        self.loss = loss
-        self.masking = masking
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
+        super().__init__(model, loss, masking, optimizer, scheduler)
         self.pictures = pictures
         self.top_k = top_k
         self.metrics = nn.ModuleDict({split: RetrievalRecall(ks, chunk_size) for split in ("val", "test")})
@@ -140,7 +135,7 @@ class ContrastiveModule(pl.LightningModule):
         return collapse_alerts(stats, self.model.embed_dim, **thresholds)
 
     def configure_optimizers(self) -> Any:
-        # As OpenCLIP: no weight decay on gains, biases and the temperature (parameters with fewer than 2 dims).
+        """The configured optimizer, with no weight decay on gains, biases and the temperature (as OpenCLIP)."""
         parameters = [p for p in self.parameters() if p.requires_grad]
         groups = [
             {"params": [p for p in parameters if p.ndim >= 2]},
@@ -149,7 +144,4 @@ class ContrastiveModule(pl.LightningModule):
         optimizer = self.optimizer_factory(params=groups)
         if self.scheduler_factory is None:
             return optimizer
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer)},
-        }
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer)}}

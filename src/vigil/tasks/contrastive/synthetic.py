@@ -7,18 +7,17 @@ five captions names all four in its own words, so retrieval is learnable from sc
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
-import os
-import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-COMPLETE_MARKER = "synthetic.json"
+from vigil.core.synthetic import ensure_synthetic
+
+NAME = "synthetic_captions"
 ANNOTATION_FILE = "dataset_flickr30k.json"
 IMAGE_DIR = "flickr30k-images"
 
@@ -55,18 +54,13 @@ TEMPLATES = (
 
 @dataclass(frozen=True)
 class SyntheticCaptions:
-    """Parameters of the generated data set; the folder name is a hash of them."""
+    """Parameters of the generated data set; its folder name is a hash of them."""
 
     num_images: int = 400
     image_size: int = 64
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 0
-
-    def folder_name(self) -> str:
-        """A name unique to these parameters, so changed parameters write a new data set."""
-        digest = hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
-        return f"synthetic_captions-{digest}"
 
 
 @dataclass(frozen=True)
@@ -81,24 +75,13 @@ class Scene:
 
 def ensure_synthetic_captions(base: Path, spec: SyntheticCaptions) -> Path:
     """Return the data root for `spec` under `base`, writing it first if it is not complete."""
-    root = Path(base) / spec.folder_name()
-    if (root / COMPLETE_MARKER).exists():
-        return root
-    staging = root.with_name(f"{root.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    write_synthetic_captions(staging, spec)
-    try:
-        staging.rename(root)
-    except OSError:
-        # Another process finished writing the same data set first; theirs is identical.
-        shutil.rmtree(staging, ignore_errors=True)
-    return root
+    return ensure_synthetic(base, NAME, spec, write_synthetic_captions)
 
 
 def write_synthetic_captions(root: Path, spec: SyntheticCaptions) -> None:
     """Write `spec.num_images` scenes and their Karpathy-format annotation file under `root`."""
     rng = np.random.default_rng(spec.seed)
-    (root / IMAGE_DIR).mkdir(parents=True)
+    (root / IMAGE_DIR).mkdir()
     images = []
     scenes = zip(draw_scenes(rng, spec.num_images), assign_splits(rng, spec), strict=True)
     for index, (scene, split) in enumerate(scenes):
@@ -118,7 +101,6 @@ def write_synthetic_captions(root: Path, spec: SyntheticCaptions) -> None:
             }
         )
     (root / ANNOTATION_FILE).write_text(json.dumps({"images": images, "dataset": "flickr30k"}))
-    (root / COMPLETE_MARKER).write_text(json.dumps(asdict(spec), indent=2) + "\n")
 
 
 def draw_scenes(rng: np.random.Generator, count: int) -> list[Scene]:

@@ -1,0 +1,126 @@
+"""The dual encoder and its LightningModule: batch contract, temperature, optimizer groups, health monitor."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vigil.core.batch import check_forward_accepts, fields_with_role
+from vigil.tasks.contrastive.data import ContrastiveBatch
+from vigil.tasks.contrastive.health import collapse_alerts, health_stats
+from vigil.tasks.contrastive.losses import InfoNCE
+from vigil.tasks.contrastive.masking import SameImage
+from vigil.tasks.contrastive.model import DualEncoder, dual_encoder
+from vigil.tasks.contrastive.module import ContrastiveModule
+
+
+def tiny_encoder(**overrides) -> DualEncoder:
+    arguments = dict(vocab_size=50, text_hidden_size=16, text_layers=1, text_heads=2, embed_dim=8)
+    return dual_encoder(**(arguments | overrides))
+
+
+def tiny_batch(ids: list[int], size: int = 32) -> ContrastiveBatch:
+    count = len(ids)
+    return ContrastiveBatch(
+        image=torch.randn(count, 3, size, size),
+        input_ids=torch.randint(5, 50, (count, 6)),
+        attention_mask=torch.ones(count, 6, dtype=torch.long),
+        img_id=torch.tensor(ids),
+        caption_img_id=torch.tensor(ids),
+        filename=[f"{i}.jpg" for i in ids],
+        caption=[f"caption of {i}" for i in ids],
+    )
+
+
+class SpyEncoder(DualEncoder):
+    def __init__(self, encoder: DualEncoder):
+        super().__init__(encoder.image_encoder, encoder.text_encoder, encoder.embed_dim)
+        self.calls = []
+
+    def forward(self, *args, **kwargs):
+        self.calls.append((args, kwargs))
+        return super().forward(*args, **kwargs)
+
+
+def test_batch_fields_and_the_model_forward_agree():
+    assert fields_with_role(ContrastiveBatch, "input") == ("image", "input_ids", "attention_mask")
+    check_forward_accepts(tiny_encoder(), ContrastiveBatch)
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_training_step_hands_the_model_only_its_input_fields():
+    spy = SpyEncoder(tiny_encoder())
+    module = ContrastiveModule(spy, InfoNCE(), SameImage(), partial(torch.optim.AdamW, lr=1e-3))
+    batch = tiny_batch([4, 4, 9])
+    output = module.training_step(batch, 0)
+    ((args, kwargs),) = spy.calls
+    assert args == () and set(kwargs) == {"image", "input_ids", "attention_mask"}
+    assert kwargs["input_ids"] is batch.input_ids
+    assert torch.isfinite(output["loss"]) and output["image_embeds"].shape == (3, 8)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [("regnetx_002", {}), ("mobilenetv3_small_100", {}), ("vit_tiny_patch16_224", {"img_size": 32})],
+)
+def test_any_timm_image_tower_gives_unit_length_embeddings(name, kwargs):
+    model = tiny_encoder(image_model=name, image_model_kwargs=kwargs).eval()
+    batch = tiny_batch([1, 2])
+    with torch.no_grad():
+        output = model(image=batch.image, input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    assert output.image_embeds.shape == output.text_embeds.shape == (2, 8)
+    torch.testing.assert_close(output.image_embeds.norm(dim=1), torch.ones(2))
+    torch.testing.assert_close(output.text_embeds.norm(dim=1), torch.ones(2))
+
+
+def test_logit_scale_starts_at_clip_init_and_is_clamped_at_100():
+    model = tiny_encoder()
+    batch = tiny_batch([1, 2])
+    output = model(image=batch.image, input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    assert output.logit_scale.item() == pytest.approx(1 / 0.07, rel=1e-5)
+    with torch.no_grad():
+        model.logit_scale.fill_(10.0)
+    output = model(image=batch.image, input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    assert output.logit_scale.item() == pytest.approx(100.0, rel=1e-5)
+
+
+def test_text_tower_drops_the_unused_pooler_so_every_parameter_gets_a_gradient():
+    model = tiny_encoder()
+    batch = tiny_batch([1, 2, 3])
+    output = model(image=batch.image, input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    InfoNCE()(output.image_embeds, output.text_embeds, torch.eye(3, dtype=torch.bool), output.logit_scale).backward()
+    assert [name for name, p in model.named_parameters() if p.grad is None] == []
+
+
+def test_no_weight_decay_on_biases_gains_and_the_temperature():
+    module = ContrastiveModule(tiny_encoder(), InfoNCE(), SameImage(), partial(torch.optim.AdamW, weight_decay=0.1))
+    decayed, free = module.configure_optimizers().param_groups
+    assert decayed["weight_decay"] == 0.1 and free["weight_decay"] == 0.0
+    assert any(p is module.model.logit_scale for p in free["params"])
+    assert all(p.ndim >= 2 for p in decayed["params"])
+
+
+def test_health_stats_exclude_same_image_pairs_from_the_negatives():
+    embeds = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    ids = torch.tensor([5, 5, 6])
+    stats = health_stats(embeds, embeds, ids, ids, torch.tensor(14.3))
+    # Same-image pairs (5,5) all have cosine 1; the pairs of different images have cosine 0.
+    assert stats["pos_neg_gap"] == pytest.approx(1.0)
+    assert stats["unique_ids"] == 2.0 and stats["logit_scale"] == pytest.approx(14.3)
+
+
+def test_collapse_alert_fires_on_collapsed_embeddings_only():
+    dim = 64
+    spread = F.normalize(torch.randn(256, dim), dim=1)
+    collapsed = F.normalize(torch.ones(256, dim) + 1e-4 * torch.randn(256, dim), dim=1)
+    ids = torch.arange(256)
+    healthy = health_stats(spread, spread, ids, ids, torch.tensor(14.3))
+    assert healthy["img_std"] == pytest.approx(1 / math.sqrt(dim), rel=0.1)
+    assert collapse_alerts(healthy, dim, std_ratio=0.1, max_logit_scale=99.5) == {}
+    alerts = collapse_alerts(health_stats(collapsed, spread, ids, ids, torch.tensor(100.0)), dim, 0.1, 99.5)
+    assert set(alerts) == {"image_collapse", "logit_scale_at_clamp"}
+    assert "collapsing to one point" in alerts["image_collapse"]
