@@ -124,3 +124,35 @@ def test_collapse_alert_fires_on_collapsed_embeddings_only():
     alerts = collapse_alerts(health_stats(collapsed, spread, ids, ids, torch.tensor(100.0)), dim, 0.1, 99.5)
     assert set(alerts) == {"image_collapse", "logit_scale_at_clamp"}
     assert "collapsing to one point" in alerts["image_collapse"]
+
+
+def test_text_tower_loads_a_saved_checkpoint_through_from_pretrained(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    saved = BertModel(
+        BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    )
+    saved.save_pretrained(tmp_path / "text")
+    model = dual_encoder(image_model="regnetx_002", text_model=str(tmp_path / "text"), embed_dim=16)
+    loaded = model.text_encoder.state_dict()
+    for name, value in saved.state_dict().items():
+        if not name.startswith("pooler."):
+            assert torch.equal(loaded[name], value), name
+
+
+def test_image_tower_loads_local_pretrained_weights_through_timm(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    source = timm.create_model("regnetx_002", pretrained=False)
+    save_file(source.state_dict(), str(tmp_path / "weights.safetensors"))
+    model = dual_encoder(
+        image_model="regnetx_002",
+        pretrained=True,
+        image_model_kwargs={"pretrained_cfg_overlay": {"file": str(tmp_path / "weights.safetensors")}},
+        embed_dim=16,
+    )
+    loaded = model.image_encoder.state_dict()
+    for name, value in source.state_dict().items():
+        if not name.startswith("head.fc."):
+            assert torch.equal(loaded[name], value), name
