@@ -46,9 +46,13 @@ class TaskModule(pl.LightningModule):
         """Alerts raised by `stats`, by name, each with what it means and what to try."""
         return {}
 
+    def parameter_groups(self) -> Any:
+        """What the optimizer trains: every parameter; a task overrides this for per-group settings."""
+        return self.parameters()
+
     def configure_optimizers(self) -> Any:
-        """The configured optimizer over every parameter, and the scheduler when one is configured."""
-        optimizer = self.optimizer_factory(params=self.parameters())
+        """The configured optimizer over `parameter_groups()`, and the scheduler when one is configured."""
+        optimizer = self.optimizer_factory(params=self.parameter_groups())
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer)}}

@@ -134,14 +134,10 @@ class ContrastiveModule(TaskModule):
         """Embedding collapse and a saturated logit scale, judged with `conf/callbacks/health.yaml`."""
         return collapse_alerts(stats, self.model.embed_dim, **thresholds)
 
-    def configure_optimizers(self) -> Any:
-        """The configured optimizer, with no weight decay on gains, biases and the temperature (as OpenCLIP)."""
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """No weight decay on gains, biases and the temperature (as OpenCLIP); decay on the weight matrices."""
         parameters = [p for p in self.parameters() if p.requires_grad]
-        groups = [
+        return [
             {"params": [p for p in parameters if p.ndim >= 2]},
             {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0},
         ]
-        optimizer = self.optimizer_factory(params=groups)
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer)}}
