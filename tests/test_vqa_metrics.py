@@ -19,7 +19,7 @@ LABELLED = [
     ("color", "pink", "pink, red", False),
     ("color", "The red", "red", True),
     ("location", "upper-left", "Upper-Left.", True),
-    ("location", "upper left", "upper-left", False),
+    ("location", "upper left", "upper-left", True),
     ("mcq", "(B)", "b", True),
     ("mcq", "c", "b", False),
     ("open_ended", "Colonoscopy", "colonoscopy", True),

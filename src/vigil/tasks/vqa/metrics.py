@@ -1,9 +1,9 @@
 """Answer accuracy per question type, as a torchmetrics Metric (per-type counts summed across DDP ranks).
 
 Written here because no library scores VQA answers with units, number words and ranges. Rules, stated once:
-- Every answer is normalised (`normalize_answer`): lowercase, whitespace collapsed, surrounding punctuation and a
-  leading article ("a", "an", "the") dropped, and a one-word affirmation or negation ("y", "true", "nope" ...)
-  mapped to "yes" / "no". A list answer ("pink, red", "red and pink") is a set: its distinct items, sorted,
+- Every answer is normalised (`normalize_answer`): lowercase, a hyphen between words read as a space, whitespace
+  collapsed, surrounding punctuation and a leading article ("a", "an", "the") dropped, and a one-word affirmation
+  or negation ("y", "true", "nope" ...) mapped to "yes" / "no". A list answer ("pink, red", "red and pink") is a set: its distinct items, sorted,
   joined by ", ", so order and repeats do not matter.
 - yes_no, color, location and mcq answers are right when their normal forms are equal. open_ended answers are
   scored the same way, so a paraphrase counts as wrong and open_ended accuracy is a lower bound.
@@ -54,6 +54,8 @@ YES_NO_SYNONYMS = {
 LEADING_PUNCTUATION = re.compile(r"^[\s\"'`(\[{*,;:!?]+")
 TRAILING_PUNCTUATION = re.compile(r"[\s\"'`)\]}*,;:!?.]+$")
 LEADING_ARTICLE = re.compile(r"^(?:a|an|the)\s+")
+# A hyphen between letters is spelling ("upper-left"); between digits it is a range ("11-20mm") and stays.
+WORD_HYPHEN = re.compile(r"(?<=[^\W\d_])-(?=[^\W\d_])")
 LIST_SEPARATOR = re.compile(r"\s*[,;]\s*|\s+(?:and|&)\s+")
 
 ONES = [
@@ -232,8 +234,9 @@ def check_question_type(question_type: str) -> None:
 
 
 def clean(text: str) -> str:
-    """Lowercase, whitespace collapsed, surrounding punctuation and one leading article removed."""
-    text = " ".join(text.lower().split())
+    """Lowercase, hyphens between words as spaces, whitespace collapsed, surrounding punctuation and one leading
+    article removed."""
+    text = " ".join(WORD_HYPHEN.sub(" ", text.lower()).split())
     text = TRAILING_PUNCTUATION.sub("", LEADING_PUNCTUATION.sub("", text))
     return LEADING_ARTICLE.sub("", text)
 
