@@ -3,8 +3,8 @@
 Written here because no library scores VQA answers with units, number words and ranges. Rules, stated once:
 - Every answer is normalised (`normalize_answer`): lowercase, a hyphen between words read as a space, whitespace
   collapsed, surrounding punctuation and a leading article ("a", "an", "the") dropped, and a one-word affirmation
-  or negation ("y", "true", "nope" ...) mapped to "yes" / "no". A list answer ("pink, red", "red and pink") is a set: its distinct items, sorted,
-  joined by ", ", so order and repeats do not matter.
+  or negation ("y", "true", "nope" ...) mapped to "yes" / "no". A list answer ("pink, red", "red and pink") is a
+  set: its distinct items, sorted, joined by ", ", so order and repeats do not matter.
 - yes_no, color, location and mcq answers are right when their normal forms are equal. open_ended answers are
   scored the same way, so a paraphrase counts as wrong and open_ended accuracy is a lower bound.
 - count_numeric and size_numeric answers are quantities: a number in digits or words (0 to 99), with a unit for
