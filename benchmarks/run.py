@@ -44,10 +44,26 @@ def retrieval(args: argparse.Namespace) -> list[Row]:
     return run(args)
 
 
+def vqa_eval(args: argparse.Namespace) -> list[Row]:
+    """Per-type VQA evaluation speed: vigil's PerTypeAccuracy vs a per-answer pint reference, 20k answers."""
+    from benchmarks.vqa_eval import vqa_eval as run
+
+    return run(args)
+
+
+def pck(args: argparse.Namespace) -> list[Row]:
+    """PCK speed: vigil's vectorised CAPE PCK metric vs a per-query NumPy reference, 20k queries."""
+    from benchmarks.pck import pck as run
+
+    return run(args)
+
+
 BENCHMARKS: list[tuple[str, Benchmark]] = [
     ("train_step", train_step),
     ("startup", startup),
     ("retrieval", retrieval),
+    ("vqa_eval", vqa_eval),
+    ("pck", pck),
 ]
 
 

@@ -1,0 +1,1 @@
+"""Category-agnostic keypoint estimation (CAPE): given support examples of a category, find its keypoints."""

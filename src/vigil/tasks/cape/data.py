@@ -1,0 +1,406 @@
+"""CAPE data: MP-100 annotation files read into checked categories and instances, batched as episodes.
+
+`<root>/annotations/mp100_split<N>_<split>.json` is COCO style: `images[]` (`id`, `file_name` under a category
+folder of `<root>/images/`, `width`, `height`), `annotations[]` (`id`, `image_id`, `category_id`, `bbox` as
+`[x, y, w, h]`, `keypoints` as `[x, y, v] * K`) and `categories[]` (`id`, `name`, `keypoints` names,
+`skeleton`). Every annotation is checked on load: its category and image exist, `len(keypoints) == 3 * K` of its
+category, every visibility is 0, 1 or 2, the bbox has a positive width and height, the image file lies under the
+data root and exists. A failure is a DataError naming the file, the annotation id and the category; it is
+raised or, with `data.on_error=skip`, counted and skipped — never shortened, padded or guessed.
+
+Keypoint counts differ between categories: a batch pads K to its largest and carries `keypoint_mask`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from vigil.core.batch import meta, model_input, target
+from vigil.core.datafiles import OnError, RecordPolicy, resolve_under
+from vigil.core.errors import ConfigError, DataError
+from vigil.core.guardrails import AuditReport
+from vigil.core.sampling import evaluation_sampler
+from vigil.core.synthetic import synthetic_folder
+from vigil.tasks.cape.episodes import Augmentation, EpisodeDataset, TrainingEpisodes, evaluation_episodes
+from vigil.tasks.cape.health import audit_splits
+from vigil.tasks.cape.synthetic import NAME as SYNTHETIC_NAME
+from vigil.tasks.cape.synthetic import SyntheticCape, ensure_synthetic_cape
+
+SPLITS = ("train", "val", "test")
+SkeletonBase = Literal["auto", 0, 1]
+
+
+@dataclass(frozen=True)
+class Category:
+    """A keypoint category: its keypoint names and its skeleton as 0-based index pairs."""
+
+    id: int
+    name: str
+    keypoint_names: tuple[str, ...]
+    skeleton: tuple[tuple[int, int], ...]
+
+    @property
+    def num_keypoints(self) -> int:
+        """K, the length of every keypoint array of this category."""
+        return len(self.keypoint_names)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One checked annotation: image file, bbox `[x, y, w, h]`, keypoints (K x 2) and visibility (K) as read."""
+
+    annotation_id: int
+    category_id: int
+    path: Path
+    bbox: tuple[float, float, float, float]
+    keypoints: np.ndarray
+    visibility: np.ndarray
+
+
+@dataclass
+class SplitFile:
+    """The checked content of one split file, and what the checks rejected."""
+
+    file: Path
+    categories: dict[int, Category]
+    instances: list[Instance]
+    policy: RecordPolicy
+    instances_by_category: dict[int, list[int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for index, instance in enumerate(self.instances):
+            self.instances_by_category.setdefault(instance.category_id, []).append(index)
+
+    @property
+    def used_categories(self) -> list[int]:
+        """Ids of the categories that have at least one instance in this split, sorted."""
+        return sorted(self.instances_by_category)
+
+
+def split_file_path(root: Path, annotation_dir: str, split: int, name: str) -> Path:
+    """`<root>/<annotation_dir>/mp100_split<split>_<name>.json`."""
+    return Path(root) / annotation_dir / f"mp100_split{split}_{name}.json"
+
+
+def read_split_file(
+    path: Path, root: Path, image_dir: str, policy: RecordPolicy, skeleton_base: SkeletonBase = "auto"
+) -> SplitFile:
+    """Read and check one MP-100 split file; bad annotations are raised or skipped by `policy`."""
+    data = load_json(path)
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data, dict) or not isinstance(data.get(key), list):
+            raise DataError(path, None, f"no '{key}' list", "is this an MP-100 / COCO keypoint file?")
+    categories = {}
+    for index, entry in enumerate(data["categories"]):
+        category = read_category(path, f"categories[{index}]", entry, skeleton_base)
+        categories[category.id] = category
+    images = {entry["id"]: entry for entry in data["images"] if isinstance(entry, dict) and "id" in entry}
+    instances = []
+    for index, entry in enumerate(data["annotations"]):
+        try:
+            instances.append(read_instance(path, index, entry, categories, images, root, image_dir))
+        except DataError as error:
+            policy.reject(error)
+    return SplitFile(path, categories, instances, policy)
+
+
+def load_json(path: Path) -> Any:
+    """Parse a JSON file; a missing file or malformed JSON is a DataError naming it."""
+    if not path.is_file():
+        raise DataError(path, None, "annotation file not found", "check data.root and data.split")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        where = f"line {error.lineno}"
+        raise DataError(path, where, f"malformed JSON: {error.msg}", "fix or re-download the file") from None
+
+
+def read_category(path: Path, where: str, entry: Any, skeleton_base: SkeletonBase) -> Category:
+    """One `categories[]` entry, its skeleton turned 0-based."""
+    if not isinstance(entry, dict) or "id" not in entry or not isinstance(entry.get("keypoints"), list):
+        raise DataError(path, where, "malformed category: no 'id' or no 'keypoints' name list", "fix the category")
+    if not entry["keypoints"]:
+        raise DataError(path, where, f"category '{entry.get('name')}' has no keypoints", "fix the category")
+    names = tuple(str(name) for name in entry["keypoints"])
+    pairs = [tuple(int(i) for i in pair) for pair in entry.get("skeleton") or []]
+    base = skeleton_base if skeleton_base != "auto" else detect_skeleton_base(pairs, len(names))
+    skeleton = tuple((i - base, j - base) for i, j in pairs)
+    if any(not (0 <= i < len(names) and 0 <= j < len(names)) for i, j in skeleton):
+        raise DataError(
+            path,
+            where,
+            f"skeleton index out of range for category '{entry.get('name')}' with {len(names)} keypoints "
+            f"(read as {base}-based)",
+            "fix the skeleton, or set data.skeleton_base",
+        )
+    return Category(int(entry["id"]), str(entry.get("name", entry["id"])), names, skeleton)
+
+
+def detect_skeleton_base(pairs: list[tuple[int, ...]], count: int) -> int:
+    """1 when an index equals K (COCO's 1-based convention), else 0 (the CAPE reference code's)."""
+    indices = {index for pair in pairs for index in pair}
+    return 1 if count in indices and 0 not in indices else 0
+
+
+def read_instance(
+    path: Path,
+    index: int,
+    entry: Any,
+    categories: dict[int, Category],
+    images: dict[Any, dict],
+    root: Path,
+    image_dir: str,
+) -> Instance:
+    """One annotation, checked in the order: category, image, keypoint length, visibility, bbox, image file."""
+    if not isinstance(entry, dict) or "id" not in entry:
+        raise DataError(path, f"annotations[{index}]", "malformed annotation: no 'id'", "fix the record")
+    record = f"annotation {entry['id']}"
+    category = categories.get(entry.get("category_id"))
+    if category is None:
+        raise DataError(
+            path, record, f"unknown category: category_id {entry.get('category_id')} is not in categories[]", "fix it"
+        )
+    named = f"category '{category.name}'"
+    image = images.get(entry.get("image_id"))
+    if image is None:
+        what = f"unknown image: image_id {entry.get('image_id')} is not in images[] ({named})"
+        raise DataError(path, record, what, "fix it")
+    values = entry.get("keypoints")
+    expected = 3 * category.num_keypoints
+    if not isinstance(values, list) or len(values) != expected:
+        length = len(values) if isinstance(values, list) else type(values).__name__
+        raise DataError(
+            path,
+            record,
+            f"keypoints of the wrong length: {length} values, {named} has {category.num_keypoints} keypoints "
+            f"({expected} values)",
+            "the keypoint and visibility arrays must match the category; fix the annotation",
+        )
+    if not all(isinstance(value, int | float) for value in values):
+        raise DataError(path, record, f"keypoints not all numbers ({named})", "fix the annotation")
+    triples = np.asarray(values, dtype=np.float64).reshape(-1, 3)
+    bad = sorted({float(v) for v in triples[:, 2] if v not in (0, 1, 2)})
+    if bad:
+        raise DataError(
+            path, record, f"visibility outside {{0, 1, 2}}: {bad} ({named})", "use 0 unlabelled, 1 occluded, 2 visible"
+        )
+    bbox = entry.get("bbox")
+    numbers = isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, int | float) for v in bbox)
+    if not (numbers and bbox[2] > 0 and bbox[3] > 0):
+        raise DataError(path, record, f"invalid bbox {bbox}: width and height must be positive ({named})", "fix it")
+    file_name = image.get("file_name", "")
+    image_path = resolve_under(Path(root) / image_dir, file_name, path, record)
+    if not image_path.is_file():
+        raise DataError(
+            path, record, f"missing image file: {image_dir}/{file_name} not found ({named})", "add it or fix data.root"
+        )
+    return Instance(
+        annotation_id=int(entry["id"]),
+        category_id=category.id,
+        path=image_path,
+        bbox=tuple(float(v) for v in bbox),
+        keypoints=triples[:, :2].astype(np.float32),
+        visibility=triples[:, 2].astype(np.int64),
+    )
+
+
+@dataclass
+class CapeBatch:
+    """Episodes: S support shots with their keypoints, one query each; K padded to the batch's largest.
+
+    Keypoints are normalised to their crop (x, y in [0, 1)). The model gets the supports' keypoints and which of
+    them are labelled, never the query's visibility: that is a target, with the query keypoints.
+    """
+
+    support_images: torch.Tensor = model_input()  # B x S x 3 x H x W
+    support_keypoints: torch.Tensor = model_input()  # B x S x K x 2
+    support_weights: torch.Tensor = model_input()  # B x S x K, 1 where labelled and inside the crop
+    query_images: torch.Tensor = model_input()  # B x 3 x H x W
+    keypoint_mask: torch.Tensor = model_input()  # B x K, False on padding
+    query_keypoints: torch.Tensor = target()  # B x K x 2
+    query_visibility: torch.Tensor = target()  # B x K, 0 / 1 / 2 (0 outside the crop)
+    support_visibility: torch.Tensor = target()  # B x S x K
+    query_keypoints_original: torch.Tensor = meta()  # B x K x 2, original pixels as annotated
+    query_bbox: torch.Tensor = meta()  # B x 4, [x, y, w, h] in the original image
+    crop_to_original: torch.Tensor = meta()  # B x 2 x 3, normalised crop -> original pixels
+    category_id: torch.Tensor = meta()
+    category_name: list[str] = meta()
+    skeleton: list[tuple[tuple[int, int], ...]] = meta()
+    annotation_id: torch.Tensor = meta()
+    support_annotation_ids: list[tuple[int, ...]] = meta()
+
+    def __len__(self) -> int:
+        return self.query_images.shape[0]
+
+
+def collate_episodes(samples: list[dict[str, Any]]) -> CapeBatch:
+    """Stack episodes, padding every keypoint array to the largest K (padding is unlabelled and masked)."""
+    count = max(sample["query_keypoints"].shape[0] for sample in samples)
+
+    def stacked(name: str, dim: int) -> torch.Tensor:
+        tensors = [sample[name] for sample in samples]
+        return torch.stack([pad_keypoints(tensor, count, dim) for tensor in tensors])
+
+    support_visibility = stacked("support_visibility", 1)
+    mask = torch.zeros(len(samples), count, dtype=torch.bool)
+    for row, sample in enumerate(samples):
+        mask[row, : sample["query_keypoints"].shape[0]] = True
+    return CapeBatch(
+        support_images=torch.stack([sample["support_images"] for sample in samples]),
+        support_keypoints=stacked("support_keypoints", 1),
+        support_weights=(support_visibility > 0).float(),
+        query_images=torch.stack([sample["query_image"] for sample in samples]),
+        keypoint_mask=mask,
+        query_keypoints=stacked("query_keypoints", 0),
+        query_visibility=stacked("query_visibility", 0),
+        support_visibility=support_visibility,
+        query_keypoints_original=stacked("query_keypoints_original", 0),
+        query_bbox=torch.stack([sample["query_bbox"] for sample in samples]),
+        crop_to_original=torch.stack([sample["crop_to_original"] for sample in samples]),
+        category_id=torch.tensor([sample["category_id"] for sample in samples]),
+        category_name=[sample["category_name"] for sample in samples],
+        skeleton=[sample["skeleton"] for sample in samples],
+        annotation_id=torch.tensor([sample["annotation_id"] for sample in samples]),
+        support_annotation_ids=[sample["support_annotation_ids"] for sample in samples],
+    )
+
+
+def pad_keypoints(tensor: torch.Tensor, count: int, dim: int) -> torch.Tensor:
+    """Zero-pad the keypoint dimension `dim` of `tensor` to `count`."""
+    shape = list(tensor.shape)
+    shape[dim] = count - shape[dim]
+    return torch.cat([tensor, tensor.new_zeros(shape)], dim=dim)
+
+
+class CapeDataModule(pl.LightningDataModule):
+    """MP-100 (one of its five splits), or the generated default (`synthetic` set), as support/query episodes."""
+
+    batch_type = CapeBatch
+
+    def __init__(
+        self,
+        root: str,
+        split: int = 1,
+        annotation_dir: str = "annotations",
+        image_dir: str = "images",
+        image_size: int = 64,
+        padding: float = 1.25,
+        shots: int = 1,
+        queries: int = 15,
+        episodes: int = 200,
+        episodes_per_epoch: int = 1000,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        augment: bool = True,
+        rotation: float = 15.0,
+        scale: float = 0.15,
+        skeleton_base: SkeletonBase = "auto",
+        on_error: OnError = "raise",
+        seed: int = 0,
+        synthetic: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if split not in range(1, 6):
+            raise ConfigError(f"data.split={split} is not an MP-100 split; valid: 1, 2, 3, 4, 5")
+        if shots < 1 or queries < 1 or episodes < 1:
+            raise ConfigError("data.shots, data.queries and data.episodes must be at least 1")
+        self.root = Path(root)
+        self.split = split
+        self.annotation_dir = annotation_dir
+        self.image_dir = image_dir
+        self.image_size = image_size
+        self.padding = padding
+        self.shots = shots
+        self.queries = queries
+        self.episodes = episodes
+        self.episodes_per_epoch = episodes_per_epoch
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.augmentation = Augmentation(rotation, scale) if augment else Augmentation()
+        self.skeleton_base = skeleton_base
+        self.on_error = on_error
+        self.seed = seed
+        self.synthetic = SyntheticCape(**synthetic) if synthetic else None
+        self.files: dict[str, SplitFile] = {}
+
+    @property
+    def data_root(self) -> Path:
+        """The folder actually read: `root`, or the generated data set's folder under it."""
+        return synthetic_folder(self.root, SYNTHETIC_NAME, self.synthetic) if self.synthetic else self.root
+
+    def prepare_data(self) -> None:
+        """Write the synthetic data set when it is missing."""
+        if self.synthetic:
+            ensure_synthetic_cape(self.root, self.synthetic)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read and check the three split files once; later calls reuse them."""
+        if self.files:
+            return
+        policy = RecordPolicy(self.on_error)
+        for name in SPLITS:
+            path = split_file_path(self.data_root, self.annotation_dir, self.split, name)
+            self.files[name] = read_split_file(path, self.data_root, self.image_dir, policy, self.skeleton_base)
+
+    def audit(self, masking: Any) -> AuditReport:
+        """The CAPE audit of the three splits (see `health.audit_splits`)."""
+        self.setup()
+        return audit_splits(self.files, masking, self.shots, self.queries, self.training_episodes())
+
+    def category_names(self) -> dict[int, str]:
+        """Every category of every split, id -> name."""
+        self.setup()
+        return {c.id: c.name for file in self.files.values() for c in file.categories.values()}
+
+    def training_episodes(self) -> TrainingEpisodes:
+        """The class-balanced training episode sampler."""
+        members = self.files["train"].instances_by_category
+        return TrainingEpisodes(members, self.shots, self.episodes_per_epoch, self.seed)
+
+    def evaluation_dataset(self, split: str) -> EpisodeDataset:
+        """The fixed, seeded evaluation episodes of `split`, without augmentation."""
+        self.setup()
+        file = self.files[split]
+        items = evaluation_episodes(file.instances_by_category, self.shots, self.queries, self.episodes, self.seed)
+        return EpisodeDataset(file.instances, file.categories, self.image_size, self.padding, episodes=items)
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        file = self.files["train"]
+        sampler = self.training_episodes()
+        # Integer keys give the first epoch's episodes: Lightning's `overfit_batches` (debug=overfit) replaces the
+        # sampler with a sequential one, and must then see the same few episodes every epoch.
+        dataset = EpisodeDataset(
+            file.instances, file.categories, self.image_size, self.padding, self.augmentation, list(sampler)
+        )
+        return self.loader(dataset, sampler=sampler, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.evaluation_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.evaluation_loader("test")
+
+    def evaluation_loader(self, split: str) -> DataLoader:
+        """Each evaluation item once, in order; under DDP every rank scores its own share once."""
+        dataset = self.evaluation_dataset(split)
+        return self.loader(dataset, sampler=evaluation_sampler(dataset), shuffle=False)
+
+    def loader(self, dataset: EpisodeDataset, **arguments: Any) -> DataLoader:
+        """A DataLoader with the episode collate function and this module's batch size and workers."""
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            collate_fn=collate_episodes,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            **arguments,
+        )

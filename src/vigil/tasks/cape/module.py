@@ -1,0 +1,173 @@
+"""The CAPE LightningModule: episodes through the model, masked loss, PCK against the support baseline, pictures."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vigil.core.guardrails import check_finite_loss
+from vigil.core.module import TaskModule
+from vigil.core.pictures import publish_figure
+from vigil.tasks.cape.data import CapeBatch
+from vigil.tasks.cape.episodes import PIXEL_MEAN, PIXEL_STD
+from vigil.tasks.cape.health import health_stats, supervision_alerts
+from vigil.tasks.cape.masking import labelled_in_query_and_supports
+from vigil.tasks.cape.metrics import MPCK_THRESHOLDS, PCK
+from vigil.tasks.cape.model import CapeModel, CapeOutput
+from vigil.tasks.cape.pictures import EpisodePicture, episode_grid
+
+SPLITS = ("val", "test")
+
+
+class CapeModule(TaskModule):
+    """Trains on the keypoints the masking counts; scores PCK in original pixels, and the same PCK of simply
+    predicting the support's coordinates (`pck_support_baseline`), so every run reports how far it beats that."""
+
+    task_name = "cape"
+
+    def __init__(
+        self,
+        model: CapeModel,
+        loss: nn.Module,
+        masking: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        threshold: float = 0.2,
+        mpck_thresholds: Sequence[float] = MPCK_THRESHOLDS,
+        pictures: int = 4,
+    ) -> None:
+        super().__init__(model, loss, masking, optimizer, scheduler)
+        self.pictures = pictures
+        self.metrics = nn.ModuleDict({split: PCK(threshold, mpck_thresholds) for split in SPLITS})
+        self.baselines = nn.ModuleDict({split: PCK(threshold, mpck_thresholds) for split in SPLITS})
+        self.category_names: dict[int, str] = {}
+        self.picture_rows: list[EpisodePicture] = []
+
+    def setup(self, stage: str) -> None:
+        """Learn the category names, for the per-category metric names."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None:
+            self.category_names = datamodule.category_names()
+
+    def forward_batch(self, batch: CapeBatch) -> CapeOutput:
+        """The model on the batch's input fields, by name (never the query's visibility)."""
+        return self.model(
+            support_images=batch.support_images,
+            support_keypoints=batch.support_keypoints,
+            support_weights=batch.support_weights,
+            query_images=batch.query_images,
+            keypoint_mask=batch.keypoint_mask,
+        )
+
+    def training_step(self, batch: CapeBatch, batch_idx: int) -> dict[str, torch.Tensor]:
+        output = self.forward_batch(batch)
+        weight = self.masking(batch.query_visibility, batch.support_visibility, batch.keypoint_mask)
+        loss = self.loss(output, batch.query_keypoints, weight)
+        check_finite_loss(loss.detach(), self.global_step, self.current_epoch)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch), sync_dist=True)
+        return {"loss": loss, "weight": weight.detach(), "keypoints": output.keypoints.detach()}
+
+    def validation_step(self, batch: CapeBatch, batch_idx: int) -> None:
+        output = self._evaluate(batch, "val")
+        if batch_idx == 0 and self.pictures and not self.trainer.sanity_checking:
+            self.picture_rows = picture_rows(batch, output, self.pictures)
+
+    def test_step(self, batch: CapeBatch, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def _evaluate(self, batch: CapeBatch, split: str) -> CapeOutput:
+        output = self.forward_batch(batch)
+        valid = labelled_in_query_and_supports(batch.query_visibility, batch.support_visibility, batch.keypoint_mask)
+        support = support_coordinates(batch.support_keypoints, batch.support_weights)
+        truth, bbox, category = batch.query_keypoints_original, batch.query_bbox, batch.category_id
+        predicted = to_original(output.keypoints, batch.crop_to_original)
+        self.metrics[split].update(predicted, truth, valid, bbox, category)
+        self.baselines[split].update(to_original(support, batch.crop_to_original), truth, valid, bbox, category)
+        return output
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+        if self.picture_rows and self.trainer.is_global_zero:
+            publish_figure(self.trainer, episode_grid(self.picture_rows), "val_keypoints")
+        self.picture_rows = []
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def _log_metrics(self, split: str) -> None:
+        values = self.metrics[split].compute()
+        baseline = self.baselines[split].compute()
+        self.metrics[split].reset()
+        self.baselines[split].reset()
+        if not values:
+            return
+        logs = {f"{split}/{name}": values[name] for name in ("pck", "mpck", "pck_query_mean")}
+        logs[f"{split}/pck_support_baseline"] = baseline["pck"]
+        # torchmetrics squeezes one-element results: a single category comes back as a scalar.
+        ids, per_category = values["category_ids"].reshape(-1), values["category_pck"].reshape(-1)
+        for category_id, value in zip(ids.tolist(), per_category, strict=True):
+            logs[f"{split}/pck/{metric_name(self.category_names.get(category_id, str(category_id)))}"] = value
+        # Already synced by torchmetrics; sync_dist only averages identical values (and quiets Lightning).
+        self.log_dict(logs, sync_dist=True)
+
+    def health_stats(self, outputs: dict[str, torch.Tensor], batch: CapeBatch) -> dict[str, float]:
+        """Supervised keypoints of the batch, their share, and the spread of the predictions."""
+        return health_stats(outputs["weight"], batch.keypoint_mask, outputs["keypoints"])
+
+    def health_alerts(self, stats: dict[str, float], thresholds: dict[str, float]) -> dict[str, str]:
+        """No supervised keypoint, judged with `conf/callbacks/health.yaml` (`cape:`)."""
+        return supervision_alerts(stats, **thresholds)
+
+
+def to_original(points: torch.Tensor, crop_to_original: torch.Tensor) -> torch.Tensor:
+    """B x K x 2 crop-normalised points mapped to original pixels by each sample's 2 x 3 affine."""
+    return torch.einsum("bkj,bij->bki", points, crop_to_original[:, :, :2]) + crop_to_original[:, None, :, 2]
+
+
+def support_coordinates(keypoints: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """B x K x 2: each keypoint's crop-normalised position averaged over the shots where it is labelled."""
+    return (keypoints * weights.unsqueeze(-1)).sum(dim=1) / weights.sum(dim=1).clamp_min(1e-6).unsqueeze(-1)
+
+
+def metric_name(category: str) -> str:
+    """A category name safe as a metric-name segment (letters, digits, `_`, `-`, `.`)."""
+    return re.sub(r"[^\w.-]+", "_", category)
+
+
+def picture_rows(batch: CapeBatch, output: CapeOutput, count: int) -> list[EpisodePicture]:
+    """The first `count` episodes of a batch, in crop pixels, for `episode_grid`."""
+    size = batch.query_images.shape[-1]
+
+    def pixels(points: torch.Tensor) -> np.ndarray:
+        # Normalised coordinates put pixel edges at integers; matplotlib puts pixel centres there.
+        return points.detach().float().cpu().numpy() * size - 0.5
+
+    scored = labelled_in_query_and_supports(batch.query_visibility, batch.support_visibility, batch.keypoint_mask)
+    rows = []
+    for i in range(min(count, len(batch))):
+        real = int(batch.keypoint_mask[i].sum())
+        rows.append(
+            EpisodePicture(
+                category=batch.category_name[i],
+                support_image=to_pixels(batch.support_images[i, 0]),
+                support_keypoints=pixels(batch.support_keypoints[i, 0, :real]),
+                support_labelled=batch.support_weights[i, 0, :real].cpu().numpy() > 0,
+                query_image=to_pixels(batch.query_images[i]),
+                true_keypoints=pixels(batch.query_keypoints[i, :real]),
+                predicted_keypoints=pixels(output.keypoints[i, :real]),
+                scored=scored[i, :real].cpu().numpy(),
+                skeleton=batch.skeleton[i],
+            )
+        )
+    return rows
+
+
+def to_pixels(image: torch.Tensor) -> np.ndarray:
+    """An ImageNet-normalised 3 x H x W tensor back to H x W x 3 uint8."""
+    pixels = image.detach().float().cpu() * PIXEL_STD + PIXEL_MEAN
+    return (pixels.clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
