@@ -47,7 +47,7 @@ def task_option_cases() -> list[tuple[str, str, str]]:
 
 
 def overrides_for(group: str, option: str) -> list[str]:
-    needs_root = {"kvasir_seg", "folder", "mp100"}
+    needs_root = {"kvasir_seg", "folder", "mp100", "kvasir_vqa"}
     extra = REAL_DATA_ROOT if option in needs_root else []
     if option == "ce":
         extra = ["data=folder", *REAL_DATA_ROOT, "data.num_classes=3"]

@@ -1,0 +1,159 @@
+"""Answers from the model for evaluation batches: free, constrained or ranked over the candidate answers.
+
+- `free`: greedy generation of at most `max_new_tokens` tokens.
+- `constrained`: greedy generation that can only spell a candidate: `prefix_allowed_tokens_fn` walks a token trie
+  of the candidates (each ending in end-of-sequence), so multi-token candidates work and the output is always one.
+- `rank`: every candidate (with its end-of-sequence token, which penalises stopping at a prefix of a longer one)
+  scored by its mean token log-likelihood after the prompt; the best one is the answer. The candidates of one
+  question are scored in one forward pass.
+Questions with candidates (the closed types) use the configured decoding; open questions are always free. The
+answer's tokens are `prompts.answer_token_ids`, exactly what training supervised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+
+from vigil.core.errors import ConfigError
+from vigil.tasks.vqa.data import VQABatch
+from vigil.tasks.vqa.model import VisionLanguageModel
+from vigil.tasks.vqa.prompts import answer_token_ids
+from vigil.tasks.vqa.question_types import OPEN_TYPE
+
+DecodingName = Literal["free", "constrained", "rank"]
+DECODINGS = ("free", "constrained", "rank")
+
+
+class AnswerTrie:
+    """A prefix tree over token-id sequences: which tokens may follow a prefix of one of them."""
+
+    def __init__(self, sequences: Sequence[Sequence[int]]) -> None:
+        self.root: dict[int, dict] = {}
+        self.depth = max((len(sequence) for sequence in sequences), default=0)
+        for sequence in sequences:
+            node = self.root
+            for token in sequence:
+                node = node.setdefault(token, {})
+
+    def allowed(self, prefix: Sequence[int]) -> list[int]:
+        """The tokens that extend `prefix` towards a sequence; empty when `prefix` leads to none (or is complete)."""
+        node = self.root
+        for token in prefix:
+            if token not in node:
+                return []
+            node = node[token]
+        return list(node)
+
+
+class Decoder:
+    """Turns an evaluation batch into answer texts with `decoding` for closed questions, free for open ones."""
+
+    def __init__(self, decoding: DecodingName = "constrained", max_new_tokens: int = 8) -> None:
+        if decoding not in DECODINGS:
+            raise ConfigError(f"task.module.decoding={decoding} is not a decoding; valid: {', '.join(DECODINGS)}")
+        self.decoding = decoding
+        self.max_new_tokens = max_new_tokens
+        self.tries: dict[tuple[str, ...], AnswerTrie] = {}
+
+    def __call__(self, model: VisionLanguageModel, batch: VQABatch) -> list[str]:
+        """One answer text per row of the batch."""
+        rows = range(len(batch))
+        closed = {row for row in rows if self.decoding != "free" and is_closed(batch, row)}
+        answers = [""] * len(batch)
+        if self.decoding == "rank":
+            for row in closed:
+                answers[row] = rank(model, batch, row)
+            generated, constrained = [row for row in rows if row not in closed], set()
+        else:
+            generated, constrained = list(rows), closed
+        if generated:
+            for row, text in zip(generated, self.generate(model, batch, generated, constrained), strict=True):
+                answers[row] = text
+        return answers
+
+    def generate(
+        self, model: VisionLanguageModel, batch: VQABatch, rows: list[int], constrained: set[int]
+    ) -> list[str]:
+        """Greedy answers of `rows`, those in `constrained` spelling one of their candidates."""
+        tokenizer = model.tokenizer
+        tries = [self.trie(tokenizer, batch.candidates[row]) if row in constrained else None for row in rows]
+        max_new_tokens = max([self.max_new_tokens] + [trie.depth for trie in tries if trie is not None])
+        allowed_fn = None
+        if constrained:
+            prompt_length = batch.input_ids.shape[1]
+            everything = list(range(len(tokenizer)))
+            eos = [tokenizer.eos_token_id]
+
+            def allowed_fn(row: int, sequence: torch.Tensor) -> list[int]:
+                trie = tries[row]
+                if trie is None:
+                    return everything
+                return trie.allowed(sequence[prompt_length:].tolist()) or eos
+
+        pixel_values, image_grid_thw = image_rows(batch.pixel_values, batch.image_grid_thw, rows)
+        new_tokens = model.generate(
+            batch.input_ids[rows],
+            batch.attention_mask[rows],
+            pixel_values,
+            image_grid_thw,
+            max_new_tokens=max_new_tokens,
+            prefix_allowed_tokens_fn=allowed_fn,
+        )
+        return [answer_from_tokens(tokenizer, tokens) for tokens in new_tokens.tolist()]
+
+    def trie(self, tokenizer: Any, candidates: tuple[str, ...]) -> AnswerTrie:
+        """The (cached) token trie of a candidate set."""
+        if candidates not in self.tries:
+            self.tries[candidates] = AnswerTrie([answer_token_ids(tokenizer, c) for c in candidates])
+        return self.tries[candidates]
+
+
+def is_closed(batch: VQABatch, row: int) -> bool:
+    """Whether a row's question has candidates to choose from."""
+    return batch.question_type[row] != OPEN_TYPE and bool(batch.candidates[row])
+
+
+def answer_from_tokens(tokenizer: Any, tokens: list[int]) -> str:
+    """The text of generated tokens up to the first end-of-sequence token."""
+    if tokenizer.eos_token_id in tokens:
+        tokens = tokens[: tokens.index(tokenizer.eos_token_id)]
+    return tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+
+@torch.no_grad()
+def rank(model: VisionLanguageModel, batch: VQABatch, row: int) -> str:
+    """The candidate of `row` with the highest mean log-likelihood of its tokens (end-of-sequence included)."""
+    tokenizer = model.tokenizer
+    candidates = batch.candidates[row]
+    prompt = batch.input_ids[row][batch.attention_mask[row].bool()]
+    answers = [torch.tensor(answer_token_ids(tokenizer, c), device=prompt.device) for c in candidates]
+    longest = max(len(answer) for answer in answers)
+    count, length = len(candidates), prompt.numel() + longest
+    input_ids = torch.full((count, length), tokenizer.pad_token_id, dtype=torch.long, device=prompt.device)
+    answer_mask = torch.zeros(count, longest, dtype=torch.bool, device=prompt.device)
+    input_ids[:, : prompt.numel()] = prompt
+    for index, answer in enumerate(answers):
+        input_ids[index, prompt.numel() : prompt.numel() + len(answer)] = answer
+        answer_mask[index, : len(answer)] = True
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[:, prompt.numel() :] = answer_mask
+    pixel_values, image_grid_thw = image_rows(batch.pixel_values, batch.image_grid_thw, [row] * count)
+    # The logits at the last prompt token and every answer position but the last predict the answer tokens.
+    logits = model.tail_logits(input_ids, attention_mask, pixel_values, image_grid_thw, longest + 1)[:, :-1]
+    log_probs = logits.float().log_softmax(-1).gather(-1, input_ids[:, -longest:, None]).squeeze(-1)
+    scores = (log_probs * answer_mask).sum(1) / answer_mask.sum(1)
+    return candidates[int(scores.argmax())]
+
+
+def image_rows(
+    pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None, rows: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The image inputs of `rows` (repeats allowed): whole images, or Qwen2-VL's patches by the grid of each."""
+    index = torch.as_tensor(list(rows), device=pixel_values.device)
+    if image_grid_thw is None:
+        return pixel_values[index], None
+    patches = torch.split(pixel_values, image_grid_thw.prod(-1).tolist())
+    return torch.cat([patches[row] for row in rows]), image_grid_thw[index]

@@ -1,0 +1,299 @@
+"""The vision-language model: any image-text-to-text checkpoint behind a forward that takes named inputs only.
+
+A checkpoint is a hub name or a folder, loaded with `AutoProcessor` and `AutoModelForImageTextToText` (LLaVA,
+Qwen2-VL and the like), optionally with LoRA adapters (peft) and a frozen vision tower. `name_or_path=tiny` is
+the embedded default: a LLaVA model (small CLIP vision tower, small Llama) with random weights and a byte-level
+BPE tokenizer trained with `tokenizers` on the template and the synthetic data's texts, written once as a
+checkpoint folder under the cache and then loaded through exactly the same two calls as a real checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, get_peft_model
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from torch import nn
+from transformers import (
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
+from transformers.utils import logging as hf_logging
+
+from vigil.core.errors import ConfigError
+from vigil.core.synthetic import ensure_synthetic
+from vigil.tasks.vqa.metrics import QUESTION_TYPES
+from vigil.tasks.vqa.prompts import SYSTEM_PROMPT, Turn, answer_text, prompt_text
+from vigil.tasks.vqa.synthetic import text_corpus
+
+TINY = "tiny"
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<image>"]
+# Parameter names of the vision tower: LLaVA's `vision_tower`, Qwen2-VL's `visual`.
+VISION_TOWER = re.compile(r"(^|\.)(vision_tower|visual|vision_model)\.")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class TinyLlava:
+    """Sizes of the embedded LLaVA model: a CLIP vision tower and a Llama language model."""
+
+    vocab_size: int = 1024
+    image_size: int = 64
+    patch_size: int = 16
+    vision_hidden_size: int = 64
+    vision_layers: int = 2
+    vision_heads: int = 2
+    hidden_size: int = 128
+    layers: int = 2
+    heads: int = 4
+    max_position_embeddings: int = 1024
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TinyCheckpoint:
+    """What the tiny checkpoint folder depends on: the sizes and the tokenizer's training texts."""
+
+    sizes: TinyLlava
+    corpus_sha1: str
+
+
+class VisionLanguageModel(nn.Module):
+    """An image-text-to-text model called with the batch's named inputs; returns next-token logits.
+
+    `image_grid_thw` (Qwen2-VL's patch grid) reaches the model only when the processor made one (see
+    `image_arguments`).
+    """
+
+    def __init__(self, model: PreTrainedModel, tokenizer: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+        image_grid_thw: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        images = self.image_arguments(input_ids, pixel_values, image_grid_thw)
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, **images).logits
+
+    def tail_logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+        image_grid_thw: torch.Tensor | None,
+        last: int,
+    ) -> torch.Tensor:
+        """The logits of the last `last` positions only (a vocabulary-sized row per prompt token is not needed)."""
+        images = self.image_arguments(input_ids, pixel_values, image_grid_thw)
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, **images, logits_to_keep=last).logits
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+        image_grid_thw: torch.Tensor | None,
+        max_new_tokens: int,
+        prefix_allowed_tokens_fn: Callable[[int, torch.Tensor], list[int]] | None = None,
+    ) -> torch.Tensor:
+        """Greedy continuations of left-padded prompts (the new tokens only), optionally constrained."""
+        output = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            **self.image_arguments(input_ids, pixel_values, image_grid_thw),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        return output[:, input_ids.shape[1] :]
+
+    def image_arguments(
+        self, input_ids: torch.Tensor, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        """The image inputs of a model call: pixel values, and for Qwen2-VL-style models the patch grid and the
+        modality of each token (1 for an image token, as their processor marks it), which place the image tokens
+        in 3-D rotary positions."""
+        if image_grid_thw is None:
+            return {"pixel_values": pixel_values}
+        modality = (input_ids == self.model.config.image_token_id).int()
+        return {"pixel_values": pixel_values, "image_grid_thw": image_grid_thw, "mm_token_type_ids": modality}
+
+
+def vision_language_model(
+    name_or_path: str = TINY,
+    cache_dir: str = ".",
+    tiny: dict[str, Any] | None = None,
+    lora: dict[str, Any] | None = None,
+    freeze_vision_tower: bool = False,
+    frozen: Sequence[str] = (),
+    dtype: str = "float32",
+) -> VisionLanguageModel:
+    """Load a checkpoint (hub name, folder, or `tiny`) with its tokenizer, then freeze and adapt it.
+
+    - `freeze_vision_tower`: no gradient for the vision encoder's parameters.
+    - `frozen`: regexes of further parameter names to freeze (e.g. parameters the forward never uses, which DDP
+      would otherwise wait for).
+    - `lora`: `{r, alpha, dropout, target_modules}` adds LoRA adapters with peft; then only they train.
+    - `dtype`: the weights' dtype (`bfloat16` halves a large model's memory; mixed precision is the trainer's).
+    """
+    if dtype not in DTYPES:
+        raise ConfigError(f"model.dtype={dtype} is not a dtype; valid: {', '.join(DTYPES)}")
+    path = resolve_checkpoint(name_or_path, Path(cache_dir), tiny)
+    # from_pretrained returns a model in eval mode; Lightning keeps the modes it finds, so dropout would stay off.
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=DTYPES[dtype]).train()
+    tokenizer = load_processor(name_or_path, Path(cache_dir), tiny).tokenizer
+    patterns = [VISION_TOWER] if freeze_vision_tower else []
+    patterns += [re.compile(pattern) for pattern in frozen]
+    for name, parameter in model.named_parameters():
+        if any(pattern.search(name) for pattern in patterns):
+            parameter.requires_grad_(False)
+    if lora:
+        model = with_lora(model, **lora)
+    return VisionLanguageModel(model, tokenizer)
+
+
+def with_lora(
+    model: PreTrainedModel, r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules: Sequence[str] = ()
+) -> nn.Module:
+    """The model with LoRA adapters on `target_modules` (module-name suffixes or one regex); only they train."""
+    if not target_modules:
+        raise ConfigError("model.lora.target_modules is empty: name the layers to adapt, e.g. [q_proj, v_proj]")
+    targets = target_modules if isinstance(target_modules, str) else list(target_modules)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
+    return get_peft_model(model, config)
+
+
+def resolve_checkpoint(name_or_path: str, cache_dir: Path, tiny: dict[str, Any] | None) -> str:
+    """What to hand `from_pretrained`: the tiny checkpoint's folder (written on first use), or the name as is."""
+    # No progress bar per load and save: the run logs its own progress.
+    hf_logging.disable_progress_bar()
+    if name_or_path != TINY:
+        return name_or_path
+    return str(ensure_tiny_checkpoint(cache_dir, TinyLlava(**(tiny or {}))))
+
+
+def load_processor(
+    name_or_path: str, cache_dir: Path, tiny: dict[str, Any] | None, processor_kwargs: dict[str, Any] | None = None
+) -> Any:
+    """The checkpoint's processor; a tokenizer without a padding token pads with its end-of-sequence token."""
+    path = resolve_checkpoint(name_or_path, Path(cache_dir), tiny)
+    processor = AutoProcessor.from_pretrained(path, **(processor_kwargs or {}))
+    if processor.tokenizer.pad_token is None:
+        processor.tokenizer.pad_token = processor.tokenizer.eos_token
+    return processor
+
+
+def ensure_tiny_checkpoint(cache_dir: Path, sizes: TinyLlava) -> Path:
+    """The tiny checkpoint folder under `cache_dir`, keyed by its sizes and tokenizer texts; written once."""
+    corpus = tiny_corpus()
+    key = TinyCheckpoint(sizes, hashlib.sha1(json.dumps(corpus).encode()).hexdigest())
+    return ensure_synthetic(
+        cache_dir, "tiny_llava", key, lambda folder, spec: write_tiny_checkpoint(folder, spec, corpus)
+    )
+
+
+def tiny_corpus() -> list[str]:
+    """The texts the tiny tokenizer is trained on: the template around every synthetic question, and the answers."""
+    texts = text_corpus()
+    prompts = [prompt_text(Turn(text, "", question_type), False) for question_type in QUESTION_TYPES for text in texts]
+    return [f"System: {SYSTEM_PROMPT}\nUser: ", "Valid answers: ", *prompts, *(answer_text(t) for t in texts)]
+
+
+def write_tiny_checkpoint(folder: Path, spec: TinyCheckpoint, corpus: list[str]) -> None:
+    """Train the tokenizer, build the random LLaVA model and its processor, and save them as one checkpoint."""
+    sizes = spec.sizes
+    tokenizer = train_tokenizer(corpus, sizes.vocab_size)
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": sizes.image_size}, crop_size={"height": sizes.image_size, "width": sizes.image_size}
+    )
+    # The "default" strategy drops the vision tower's CLS token; the processor adds it back to the count first.
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=sizes.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(sizes.seed)
+        model = LlavaForConditionalGeneration(tiny_config(sizes, tokenizer))
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    (folder / "vigil_tiny.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
+
+
+def train_tokenizer(corpus: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on `corpus`: any text round-trips, the corpus's words are single tokens."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+
+
+def tiny_config(sizes: TinyLlava, tokenizer: PreTrainedTokenizerFast) -> LlavaConfig:
+    """The LLaVA configuration: CLIP vision tower, Llama language model, image features from the last layer."""
+    vision = CLIPVisionConfig(
+        image_size=sizes.image_size,
+        patch_size=sizes.patch_size,
+        hidden_size=sizes.vision_hidden_size,
+        intermediate_size=4 * sizes.vision_hidden_size,
+        num_hidden_layers=sizes.vision_layers,
+        num_attention_heads=sizes.vision_heads,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=sizes.hidden_size,
+        intermediate_size=4 * sizes.hidden_size,
+        num_hidden_layers=sizes.layers,
+        num_attention_heads=sizes.heads,
+        num_key_value_heads=sizes.heads,
+        max_position_embeddings=sizes.max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    # The last layer (not LLaVA-1.5's second to last): every vision layer then feeds the loss, as DDP requires.
+    return LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )

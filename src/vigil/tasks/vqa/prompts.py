@@ -1,0 +1,142 @@
+"""The instruction template and its tokenisation: every token of a sequence knows which segment it came from.
+
+A sequence is built from segments (system prompt, image, each user prompt, each answer), each tokenised on its
+own and concatenated, as TRL does for completion-only loss: the boundary between prompt and answer is a token
+boundary by construction, so a label mask taken from the segments can never drift by a token. Each token carries
+the `Role` of its segment; the masking strategies choose the supervised roles from that alone.
+
+The text is the surgical VQA template (one user/assistant pair per turn):
+
+    System: You are a surgical VQA assistant. Answer concisely with only the final answer.
+    User: <image>
+    Question type: color
+    Question: What color is the polyp?
+    Valid answers: red, white, yellow
+    Assistant: Answer: red</s>
+
+An answer segment is the answer after one space, then the tokenizer's end-of-sequence token, so the model learns
+to stop; the image segment is whatever the checkpoint's processor expands its placeholder into (N image tokens).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import torch
+from PIL import Image
+
+# What a processor returns per token rather than per image (the model derives modality ids from the tokens).
+TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
+SYSTEM_PROMPT = "You are a surgical VQA assistant. Answer concisely with only the final answer."
+
+
+class Role(IntEnum):
+    """What a token of a sequence is: padding, the system prompt, the image, a user prompt or an answer.
+
+    `FINAL_ANSWER` is the last turn's answer (the one `answer_only` trains and evaluation asks for); `ANSWER` the
+    answers of earlier turns of a conversation.
+    """
+
+    PADDING = 0
+    SYSTEM = 1
+    IMAGE = 2
+    PROMPT = 3
+    ANSWER = 4
+    FINAL_ANSWER = 5
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One question about the image and its answer, with the question's type and its candidate answers."""
+
+    question: str
+    answer: str
+    question_type: str
+    candidates: tuple[str, ...] = ()
+
+
+ImageSegment = tuple[list[int], dict[str, torch.Tensor]]
+
+
+@dataclass
+class Encoding:
+    """A tokenised sequence: token ids, the role of each token, and the processor's image tensors."""
+
+    input_ids: list[int]
+    roles: list[int]
+    image_inputs: dict[str, torch.Tensor]
+
+
+def prompt_text(turn: Turn, show_candidates: bool) -> str:
+    """The user prompt of one turn, after the image, up to and including `Answer:`."""
+    lines = [f"Question type: {turn.question_type}", f"Question: {turn.question}"]
+    if show_candidates and turn.candidates:
+        lines.append(f"Valid answers: {', '.join(turn.candidates)}")
+    return "\n" + "\n".join(lines) + "\nAssistant: Answer:"
+
+
+def answer_text(answer: str) -> str:
+    """The answer segment's text: the answer after one space (the template's `Answer:` ends without one)."""
+    return " " + answer
+
+
+def answer_token_ids(tokenizer: Any, answer: str) -> list[int]:
+    """The tokens of an answer segment, end-of-sequence included: exactly what training supervises and what
+    constrained decoding and ranking score."""
+    return [*tokenizer(answer_text(answer), add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+
+
+class PromptEncoder:
+    """Tokenises conversations about an image into the template, segment by segment, with a role per token.
+
+    `image_placeholder` is the text the processor expands into image tokens (LLaVA: `<image>`; Qwen2-VL:
+    `<|vision_start|><|image_pad|><|vision_end|>`); None takes the processor's `image_token`.
+    """
+
+    def __init__(self, processor: Any, image_placeholder: str | None = None, show_candidates: bool = True) -> None:
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.image_placeholder = image_placeholder or processor.image_token
+        self.show_candidates = show_candidates
+
+    def encode(self, image: ImageSegment, turns: Sequence[Turn], final_answer: bool = True) -> Encoding:
+        """The sequence of `turns` about an image (its `image_segment`); without `final_answer` it ends at the last
+        turn's `Answer:`, ready for generation."""
+        image_ids, image_inputs = image
+        encoding = Encoding([], [], image_inputs)
+        if self.tokenizer.bos_token_id is not None:
+            encoding.input_ids.append(self.tokenizer.bos_token_id)
+            encoding.roles.append(Role.SYSTEM)
+        self.append(encoding, self.text_ids(f"System: {SYSTEM_PROMPT}\n"), Role.SYSTEM)
+        for index, turn in enumerate(turns):
+            last = index == len(turns) - 1
+            self.append(encoding, self.text_ids("User: " if index == 0 else "\nUser: "), Role.PROMPT)
+            if index == 0:
+                self.append(encoding, image_ids, Role.IMAGE)
+            self.append(encoding, self.text_ids(prompt_text(turn, self.show_candidates)), Role.PROMPT)
+            if last and not final_answer:
+                break
+            answer_role = Role.FINAL_ANSWER if last else Role.ANSWER
+            self.append(encoding, answer_token_ids(self.tokenizer, turn.answer), answer_role)
+        return encoding
+
+    def image_segment(self, image: Image.Image) -> ImageSegment:
+        """The processor's expansion of the image placeholder (token ids) and its image tensors."""
+        output = self.processor(
+            text=[self.image_placeholder], images=[image], add_special_tokens=False, return_tensors="pt"
+        )
+        image_inputs = {key: value for key, value in output.items() if key not in TOKEN_KEYS}
+        return output["input_ids"][0].tolist(), image_inputs
+
+    def text_ids(self, text: str) -> list[int]:
+        """A text segment's tokens, without the special tokens the tokenizer would add around a whole text."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    @staticmethod
+    def append(encoding: Encoding, ids: list[int], role: Role) -> None:
+        """Add a segment's tokens with their role."""
+        encoding.input_ids.extend(ids)
+        encoding.roles.extend([int(role)] * len(ids))

@@ -1,0 +1,319 @@
+"""The embedded default data: endoscopy-like scenes with questions of every type, written as VQA JSONL.
+
+Each image shows pinkish tissue (its tone tells the procedure: colonoscopy or gastroscopy) in a darkened circular
+field of view, with 0-3 polyps of one colour and size and 0-2 instruments of one colour and kind entering from
+the bottom edge. The field of view is 48 mm wide at any pixel size, so sizes are real: the polyps are 4, 8, 15 or
+25 mm across, asked as Kvasir-VQA's ranges ("5-10mm") or as a diameter in mm or, for some, in cm ("1.5 cm").
+Counts are written as digits and some as words. Questions of every type: yes_no, color, count_numeric,
+size_numeric, location (3 x 3 grid, for a single polyp), mcq (with `answer_candidates`) and open_ended
+(procedure, instrument). Records carry no `question_type`: the loader infers it, as for real data. A fraction
+of the images get their questions as one multi-turn record in LLaVA's `conversations` form.
+
+Written as `train.jsonl`, `val.jsonl`, `test.jsonl` and `images/` (no image in two splits), and read back by
+the same loader as real data.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from vigil.core.synthetic import ensure_synthetic
+
+NAME = "synthetic_vqa"
+IMAGE_DIR = "images"
+SPLITS = ("train", "val", "test")
+FIELD_OF_VIEW_MM = 48.0
+SUPERSAMPLING = 4
+
+PROCEDURES = {"colonoscopy": (206, 118, 118), "gastroscopy": (214, 152, 92)}
+POLYP_COLOURS = {"red": (150, 28, 36), "white": (238, 232, 220), "yellow": (226, 198, 64), "purple": (112, 50, 128)}
+INSTRUMENT_COLOURS = {"silver": (196, 200, 206), "black": (22, 22, 28), "blue": (36, 78, 196)}
+INSTRUMENT_KINDS = ("biopsy forceps", "polyp snare")
+SIZES_MM = {4: "<5mm", 8: "5-10mm", 15: "11-20mm", 25: ">20mm"}
+# The most polyps a scene holds at each size, so that they fit side by side.
+MAX_POLYPS = {4: 3, 8: 3, 15: 2, 25: 1}
+ROWS = ("upper", "center", "lower")
+COLUMNS = ("left", "center", "right")
+NUMBER_WORDS = ("zero", "one", "two", "three")
+
+
+@dataclass(frozen=True)
+class SyntheticVQA:
+    """Parameters of the generated data set; its folder name is a hash of them."""
+
+    num_images: int = 400
+    image_size: int = 64
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    # Images whose questions are written as one multi-turn conversation record.
+    conversation_fraction: float = 0.2
+    # Diameter answers written in cm instead of mm, and counts written as words.
+    cm_fraction: float = 0.3
+    word_count_fraction: float = 0.2
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What one image shows: procedure, polyps (centres in [0, 1]^2, one colour and size), instruments."""
+
+    procedure: str
+    polyp_colour: str
+    polyp_mm: int
+    polyps: tuple[tuple[float, float], ...]
+    instrument_colour: str
+    instrument_kind: str
+    instruments: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Question:
+    """A question about a scene, its answer, and the options an `mcq` question offers."""
+
+    question: str
+    answer: str
+    candidates: tuple[str, ...] = ()
+
+
+def ensure_synthetic_vqa(base: Path, spec: SyntheticVQA) -> Path:
+    """Return the data root for `spec` under `base`, writing it first if it is not complete."""
+    return ensure_synthetic(base, NAME, spec, write_synthetic_vqa)
+
+
+def write_synthetic_vqa(root: Path, spec: SyntheticVQA) -> None:
+    """Write `spec.num_images` scenes, their questions as JSONL records per split, and the images."""
+    rng = np.random.default_rng(spec.seed)
+    (root / IMAGE_DIR).mkdir()
+    records: dict[str, list[dict[str, Any]]] = {split: [] for split in SPLITS}
+    for index, split in enumerate(assign_splits(rng, spec)):
+        scene = draw_scene(rng)
+        name = f"{IMAGE_DIR}/scene_{index:05d}.png"
+        Image.fromarray(render(rng, scene, spec.image_size)).save(root / name)
+        questions = ask(rng, scene, spec)
+        records[split] += as_records(rng, name, questions, spec.conversation_fraction)
+    for split, rows in records.items():
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def assign_splits(rng: np.random.Generator, spec: SyntheticVQA) -> list[str]:
+    """A shuffled list of split names with the configured val and test fractions."""
+    n_val = round(spec.num_images * spec.val_fraction)
+    n_test = round(spec.num_images * spec.test_fraction)
+    splits = ["val"] * n_val + ["test"] * n_test + ["train"] * (spec.num_images - n_val - n_test)
+    return [splits[i] for i in rng.permutation(len(splits))]
+
+
+def draw_scene(rng: np.random.Generator) -> Scene:
+    """A random scene: 0-3 polyps placed apart from each other, 0-2 instruments."""
+    polyp_mm = int(rng.choice(list(SIZES_MM)))
+    count = int(rng.choice(np.arange(MAX_POLYPS[polyp_mm] + 1), p=polyp_count_weights(MAX_POLYPS[polyp_mm])))
+    radius = polyp_mm / FIELD_OF_VIEW_MM / 2
+    return Scene(
+        procedure=str(rng.choice(list(PROCEDURES))),
+        polyp_colour=str(rng.choice(list(POLYP_COLOURS))),
+        polyp_mm=polyp_mm,
+        polyps=place_apart(rng, count, radius),
+        instrument_colour=str(rng.choice(list(INSTRUMENT_COLOURS))),
+        instrument_kind=str(rng.choice(INSTRUMENT_KINDS)),
+        instruments=tuple(float(x) for x in rng.uniform(0.2, 0.8, int(rng.choice(3, p=[0.4, 0.4, 0.2])))),
+    )
+
+
+def polyp_count_weights(most: int) -> np.ndarray:
+    """Probabilities of 0..most polyps: a fifth for none, the rest falling with the count."""
+    weights = np.array([0.2] + [0.8 * 0.6**k for k in range(most)])
+    return weights / weights.sum()
+
+
+def place_apart(rng: np.random.Generator, count: int, radius: float) -> tuple[tuple[float, float], ...]:
+    """`count` centres in the upper 85% of the frame (instruments enter below), not overlapping each other."""
+    centres: list[tuple[float, float]] = []
+    while len(centres) < count:
+        x, y = rng.uniform(radius + 0.04, 1 - radius - 0.04), rng.uniform(radius + 0.04, 0.85 - radius)
+        if all((x - a) ** 2 + (y - b) ** 2 > (2 * radius + 0.05) ** 2 for a, b in centres):
+            centres.append((float(x), float(y)))
+    return tuple(centres)
+
+
+def ask(rng: np.random.Generator, scene: Scene, spec: SyntheticVQA) -> list[Question]:
+    """Every question the scene can answer, of every type."""
+    count = len(scene.polyps)
+    tools = len(scene.instruments)
+    questions = [
+        Question("Is there a polyp?", yes_no(count > 0)),
+        Question("Are there any instruments in the image?", yes_no(tools > 0)),
+        Question("How many polyps are in the image?", count_text(rng, count, spec.word_count_fraction)),
+        Question("How many instruments are visible?", str(tools)),
+        Question("What type of procedure is the image taken from?", scene.procedure),
+    ]
+    if count:
+        others = [colour for colour in POLYP_COLOURS if colour != scene.polyp_colour]
+        options = [str(c) for c in rng.permutation([scene.polyp_colour, *rng.choice(others, 2, replace=False)])]
+        questions += [
+            Question("Is there more than one polyp?", yes_no(count > 1)),
+            Question("What color is the polyp?", scene.polyp_colour),
+            Question("What is the size of the polyp?", SIZES_MM[scene.polyp_mm]),
+            Question("What is the diameter of the polyp?", diameter_text(rng, scene.polyp_mm, spec.cm_fraction)),
+            Question(f"Is the polyp {options[0]}, {options[1]} or {options[2]}?", scene.polyp_colour, tuple(options)),
+        ]
+    if count == 1:
+        questions.append(Question("Where in the image is the polyp?", location(*scene.polyps[0])))
+    if tools:
+        questions += [
+            Question("What color is the instrument?", scene.instrument_colour),
+            Question("Which instrument is used?", scene.instrument_kind),
+        ]
+    return questions
+
+
+def yes_no(value: bool) -> str:
+    """`yes` or `no`."""
+    return "yes" if value else "no"
+
+
+def count_text(rng: np.random.Generator, count: int, word_fraction: float) -> str:
+    """A count in digits, or in words for some answers."""
+    return NUMBER_WORDS[count] if rng.random() < word_fraction else str(count)
+
+
+def diameter_text(rng: np.random.Generator, millimetres: int, cm_fraction: float) -> str:
+    """A diameter in mm ("8mm"), or in cm for some answers ("0.8 cm")."""
+    return f"{millimetres / 10:g} cm" if rng.random() < cm_fraction else f"{millimetres}mm"
+
+
+def location(x: float, y: float) -> str:
+    """The 3 x 3 grid cell of a point, Kvasir-VQA style: `upper-left`, ..., `center`, ..., `lower-right`."""
+    row, column = ROWS[min(int(y * 3), 2)], COLUMNS[min(int(x * 3), 2)]
+    return "center" if row == column == "center" else f"{row}-{column}"
+
+
+def as_records(
+    rng: np.random.Generator, image: str, questions: list[Question], conversation_fraction: float
+) -> list[dict[str, Any]]:
+    """One record per question, or, for some images, the questions without candidates as one conversation."""
+    stem = Path(image).stem
+    singles = [
+        {"id": f"{stem}-q{number}", "image": Path(image).name, "question": q.question, "answer": q.answer}
+        | ({"answer_candidates": list(q.candidates)} if q.candidates else {})
+        for number, q in enumerate(questions)
+    ]
+    if rng.random() >= conversation_fraction:
+        return singles
+    asked = [q for q in questions if not q.candidates]
+    turns = rng.choice(len(asked), size=min(3, len(asked)), replace=False)
+    conversation = []
+    for number, turn in enumerate(turns):
+        prefix = "<image>\n" if number == 0 else ""
+        conversation += [
+            {"from": "human", "value": prefix + asked[turn].question},
+            {"from": "gpt", "value": asked[turn].answer},
+        ]
+    chosen = {asked[turn].question for turn in turns}
+    rest = [record for record in singles if record["question"] not in chosen]
+    return [{"id": f"{stem}-conversation", "image": Path(image).name, "conversations": conversation}, *rest]
+
+
+def render(rng: np.random.Generator, scene: Scene, size: int) -> np.ndarray:
+    """The scene as an RGB array, drawn at 4x and downsampled (smooth edges at 64 px)."""
+    big = size * SUPERSAMPLING
+    canvas = Image.fromarray(tissue(rng, scene.procedure, big))
+    draw = ImageDraw.Draw(canvas)
+    radius = scene.polyp_mm / FIELD_OF_VIEW_MM / 2 * big
+    for x, y in scene.polyps:
+        draw_polyp(draw, rng, x * big, y * big, radius, POLYP_COLOURS[scene.polyp_colour])
+    for x in scene.instruments:
+        draw_instrument(draw, rng, x * big, big, scene.instrument_kind, INSTRUMENT_COLOURS[scene.instrument_colour])
+    canvas = canvas.filter(ImageFilter.GaussianBlur(SUPERSAMPLING / 3)).resize((size, size), Image.Resampling.BOX)
+    return np.clip(vignette(np.asarray(canvas).astype(np.float32)) + rng.normal(0, 3, (size, size, 1)), 0, 255).astype(
+        np.uint8
+    )
+
+
+def tissue(rng: np.random.Generator, procedure: str, size: int) -> np.ndarray:
+    """Mucosa in the procedure's tone with soft darker folds."""
+    y, x = np.mgrid[0:size, 0:size] / size
+    angle, frequency, phase = rng.uniform(0, np.pi), rng.uniform(2, 4), rng.uniform(0, 2 * np.pi)
+    folds = 0.88 + 0.12 * np.sin(2 * np.pi * frequency * (x * np.cos(angle) + y * np.sin(angle)) + phase)
+    tone = np.array(PROCEDURES[procedure]) + rng.normal(0, 6, 3)
+    return np.clip(folds[..., None] * tone, 0, 255).astype(np.uint8)
+
+
+def vignette(image: np.ndarray) -> np.ndarray:
+    """Darken towards the corners, as the light of an endoscope falls off."""
+    size = image.shape[0]
+    y, x = (np.mgrid[0:size, 0:size] + 0.5) / size - 0.5
+    falloff = np.clip(1.15 - 1.1 * np.hypot(x, y), 0.35, 1.0)
+    return image * falloff[..., None]
+
+
+def draw_polyp(
+    draw: ImageDraw.ImageDraw, rng: np.random.Generator, cx: float, cy: float, r: float, colour: tuple[int, ...]
+) -> None:
+    """A slightly elliptic blob with a darker rim and a specular highlight."""
+    rx, ry = r * rng.uniform(0.9, 1.1), r * rng.uniform(0.9, 1.1)
+    rim = tuple(int(c * 0.75) for c in colour)
+    draw.ellipse((cx - rx, cy - ry, cx + rx, cy + ry), fill=rim)
+    draw.ellipse((cx - 0.85 * rx, cy - 0.85 * ry, cx + 0.85 * rx, cy + 0.85 * ry), fill=colour)
+    spot = 0.25 * r
+    draw.ellipse((cx - 0.3 * r - spot, cy - 0.3 * r - spot, cx - 0.3 * r + spot, cy - 0.3 * r + spot), fill="white")
+
+
+def draw_instrument(
+    draw: ImageDraw.ImageDraw, rng: np.random.Generator, x: float, size: int, kind: str, colour: tuple[int, ...]
+) -> None:
+    """A shaft from the bottom edge towards the centre, ending in forceps jaws or a snare loop."""
+    tip = np.array([x + rng.uniform(-0.15, 0.15) * size, rng.uniform(0.55, 0.7) * size])
+    base = np.array([x, size * 1.05])
+    width = size * 0.05
+    draw.line([tuple(base), tuple(tip)], fill=colour, width=int(width))
+    direction = (tip - base) / np.linalg.norm(tip - base)
+    normal = np.array([-direction[1], direction[0]])
+    if kind == "biopsy forceps":
+        for side in (-1, 1):
+            end = tip + direction * size * 0.07 + side * normal * size * 0.04
+            draw.line([tuple(tip), tuple(end)], fill=colour, width=int(width * 0.6))
+    else:
+        centre = tip + direction * size * 0.08
+        r = size * 0.08
+        draw.ellipse((centre[0] - r, centre[1] - r, centre[0] + r, centre[1] + r), outline=colour, width=int(width / 2))
+
+
+def text_corpus() -> list[str]:
+    """Every question and answer text the generator can write (what a tokenizer for this data must know)."""
+    colours = list(POLYP_COLOURS)
+    questions = [
+        "Is there a polyp?",
+        "Are there any instruments in the image?",
+        "How many polyps are in the image?",
+        "How many instruments are visible?",
+        "What type of procedure is the image taken from?",
+        "Is there more than one polyp?",
+        "What color is the polyp?",
+        "What is the size of the polyp?",
+        "What is the diameter of the polyp?",
+        "Where in the image is the polyp?",
+        "What color is the instrument?",
+        "Which instrument is used?",
+        *(f"Is the polyp {a}, {b} or {c}?" for a in colours for b in colours for c in colours),
+    ]
+    answers = [
+        "yes",
+        "no",
+        *map(str, range(4)),
+        *NUMBER_WORDS,
+        *PROCEDURES,
+        *POLYP_COLOURS,
+        *INSTRUMENT_COLOURS,
+        *INSTRUMENT_KINDS,
+        *SIZES_MM.values(),
+        *(f"{mm}mm" for mm in SIZES_MM),
+        *(f"{mm / 10:g} cm" for mm in SIZES_MM),
+        *(location((column + 0.5) / 3, (row + 0.5) / 3) for row in range(3) for column in range(3)),
+    ]
+    return questions + answers

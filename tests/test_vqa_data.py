@@ -1,0 +1,282 @@
+"""VQA data: JSONL split files, the Kvasir-VQA table split by image, conversations, types, candidates, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from vigil.core.datafiles import RecordPolicy
+from vigil.core.errors import ConfigError, DataError
+from vigil.tasks.vqa.data import RecordReader, VQADataModule, check_disjoint, split_by_image
+from vigil.tasks.vqa.metrics import QUESTION_TYPES
+from vigil.tasks.vqa.question_types import QuestionTypeRules, build_candidates, majority_answers
+from vigil.tasks.vqa.synthetic import SyntheticVQA, ensure_synthetic_vqa
+
+RULES = [
+    {"type": "count_numeric", "pattern": r"^how many\b"},
+    {"type": "size_numeric", "pattern": r"\b(size|diameter)\b"},
+    {"type": "color", "pattern": r"\bcolou?r\b"},
+    {"type": "location", "pattern": r"^where\b"},
+    {"type": "yes_no", "pattern": r"^(is|are|have)\b"},
+]
+# Kvasir-VQA's own question templates, with the types the rules must give them.
+KVASIR = [
+    ("cl8k2u1pm1dz4083265r2g3pl", "Is there a polyp?", "yes", "yes_no"),
+    ("cl8k2u1pm1dz4083265r2g3pl", "What color is the abnormality?", "pink, red", "color"),
+    ("cl8k2u1pm1dz4083265r2g3pl", "What is the size of the polyp?", "5-10mm", "size_numeric"),
+    ("cl8k2u1q01e0e0832cynhg9qs", "How many instrumnets are in the image?", "1", "count_numeric"),
+    ("cl8k2u1q01e0e0832cynhg9qs", "Where in the image is the abnormality?", "center; lower-left", "location"),
+    ("cl8k2u1q01e0e0832cynhg9qs", "What type of procedure is the image taken from?", "colonoscopy", "open_ended"),
+    ("cl8k2u1qh1e6b0832c2x8hj8n", "Have all polyps been removed?", "no", "yes_no"),
+    ("cl8k2u1qx1e8z083218f9bz9n", "Is there text?", "yes", "yes_no"),
+]
+
+
+def write_images(folder: Path, names: list[str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, name in enumerate(names):
+        Image.new("RGB", (8, 8), (20 * index, 90, 160)).save(folder / name)
+
+
+def write_jsonl(path: Path, records: list[dict | str]) -> Path:
+    lines = [record if isinstance(record, str) else json.dumps(record) for record in records]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def reader(root: Path, on_error: str = "raise", rules=RULES) -> RecordReader:
+    return RecordReader(QuestionTypeRules(rules), RecordPolicy(on_error), root, root / "images")
+
+
+def read_error(root: Path, records: list[dict | str], images=("a.png",)) -> str:
+    write_images(root / "images", list(images))
+    with pytest.raises(DataError) as raised:
+        reader(root).read_jsonl(write_jsonl(root / "train.jsonl", records))
+    return str(raised.value)
+
+
+def split_files(root: Path, records: dict[str, list[dict]]) -> Path:
+    names = sorted({r["image"] for rows in records.values() for r in rows})
+    write_images(root / "images", names)
+    for split, rows in records.items():
+        write_jsonl(root / f"{split}.jsonl", rows)
+    return root
+
+
+def datamodule(root: Path, tmp_path: Path, **overrides) -> VQADataModule:
+    arguments = dict(
+        root=str(root), cache_dir=str(tmp_path / "cache"), checkpoint="tiny", question_types=RULES, batch_size=4
+    )
+    return VQADataModule(**(arguments | overrides))
+
+
+def test_split_files_are_read_with_types_inferred_and_given(tmp_path: Path):
+    root = split_files(
+        tmp_path,
+        {
+            "train": [
+                {"image": "a.png", "question": "Is there a polyp?", "answer": "yes"},
+                {"image": "a.png", "question": "What is shown?", "answer": "polyp", "question_type": "color"},
+                {"image": "b.png", "question": "Pick one", "answer": "red", "answer_candidates": ["red", "blue"]},
+            ],
+            "val": [{"image": "c.png", "question": "How many polyps?", "answer": "2", "id": "v1"}],
+            "test": [{"image": "d.png", "question": "Where is it?", "answer": "center"}],
+        },
+    )
+    data = datamodule(root, tmp_path)
+    catalog = data.read_catalog()
+    train = catalog.splits["train"]
+    assert [r.turns[0].question_type for r in train] == ["yes_no", "color", "mcq"]
+    assert train[2].turns[0].candidates == ("red", "blue")
+    assert catalog.splits["val"][0].id == "v1" and catalog.splits["val"][0].turns[0].question_type == "count_numeric"
+    assert catalog.splits["test"][0].turns[0].question_type == "location"
+    assert train[0].id == "train:1" and train[0].record == "train.jsonl:line 1"
+
+
+def test_a_conversation_becomes_turns_in_order(tmp_path: Path):
+    conversation = [
+        {"from": "human", "value": "<image>\nIs there a polyp?"},
+        {"from": "gpt", "value": "yes"},
+        {"from": "human", "value": "What color is it?"},
+        {"from": "gpt", "value": "red"},
+    ]
+    write_images(tmp_path / "images", ["a.png"])
+    path = write_jsonl(tmp_path / "train.jsonl", [{"image": "a.png", "conversations": conversation}])
+    (record,) = reader(tmp_path).read_jsonl(path)
+    assert [(t.question, t.answer, t.question_type) for t in record.turns] == [
+        ("Is there a polyp?", "yes", "yes_no"),
+        ("What color is it?", "red", "color"),
+    ]
+
+
+def test_kvasir_table_is_split_by_image_with_types_inferred(tmp_path: Path):
+    images = sorted({img_id for img_id, *_ in KVASIR})
+    write_images(tmp_path / "images", [f"{img_id}.jpg" for img_id in images])
+    with (tmp_path / "kvasir_vqa.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["img_id", "question", "answer", "source"])
+        writer.writerows([[img_id, q, a, "hyperkvasir"] for img_id, q, a, _ in KVASIR])
+    records = reader(tmp_path).read_csv(tmp_path / "kvasir_vqa.csv")
+    assert [r.turns[0].question_type for r in records] == [t for *_, t in KVASIR]
+    assert records[0].path == (tmp_path / "images" / f"{KVASIR[0][0]}.jpg").resolve()
+    splits = split_by_image(records, (0.5, 0.25, 0.25), seed=0)
+    image_sets = [{r.image for r in splits[s]} for s in ("train", "val", "test")]
+    assert sum(map(len, image_sets)) == len(images) == len(set().union(*image_sets))
+    assert sum(len(rows) for rows in splits.values()) == len(KVASIR)
+    assert split_by_image(records, (0.5, 0.25, 0.25), seed=0) == splits
+
+
+def test_one_jsonl_file_is_split_by_image(tmp_path: Path):
+    rows = [{"image": f"{i % 10}.png", "question": "Is there a polyp?", "answer": "yes"} for i in range(40)]
+    write_images(tmp_path / "images", [f"{i}.png" for i in range(10)])
+    write_jsonl(tmp_path / "all.jsonl", rows)
+    catalog = datamodule(
+        tmp_path, tmp_path, annotation_file="all.jsonl", split_fractions=[0.6, 0.2, 0.2]
+    ).read_catalog()
+    counts = {split: len({r.image for r in records}) for split, records in catalog.splits.items()}
+    assert counts == {"train": 6, "val": 2, "test": 2}
+
+
+def test_candidates_come_from_config_then_training_answers_by_frequency():
+    from vigil.tasks.vqa.prompts import Turn
+
+    turns = [Turn("q", a, "color") for a in ["red", "pink", "red", "Red", "white"]] + [Turn("q", "Yes", "yes_no")]
+    candidates = build_candidates({"yes_no": ["yes", "no"], "color": ["pink"]}, turns, min_count=1)
+    assert candidates["yes_no"] == ("yes", "no")
+    assert candidates["color"] == ("pink", "red", "white")
+    assert build_candidates({}, turns, min_count=2)["color"] == ("red",)
+    assert majority_answers(turns) == {"color": "red", "yes_no": "yes"}
+
+
+def test_every_record_gets_its_types_candidates_unless_it_lists_its_own(tmp_path: Path):
+    root = split_files(
+        tmp_path,
+        {
+            "train": [
+                {"image": "a.png", "question": "What color is it?", "answer": "red"},
+                {"image": "a.png", "question": "Which?", "answer": "x", "answer_candidates": ["x", "y"]},
+                {"image": "a.png", "question": "Why?", "answer": "because"},
+            ],
+            "val": [{"image": "b.png", "question": "What colour is it?", "answer": "blue"}],
+            "test": [],
+        },
+    )
+    catalog = datamodule(root, tmp_path, candidates={"color": ["blue"]}).read_catalog()
+    assert [r.turns[0].candidates for r in catalog.splits["train"]] == [("blue", "red"), ("x", "y"), ()]
+    assert catalog.splits["val"][0].turns[0].candidates == ("blue", "red")
+
+
+def test_synthetic_data_is_read_back_by_the_same_loader_with_every_type(tmp_path: Path):
+    spec = SyntheticVQA(num_images=40, image_size=32)
+    root = ensure_synthetic_vqa(tmp_path, spec)
+    data = datamodule(tmp_path, tmp_path, synthetic=vars(spec), format="jsonl")
+    assert data.data_root == root
+    catalog = data.read_catalog()
+    turns = [t for records in catalog.splits.values() for r in records for t in r.turns]
+    assert {t.question_type for t in turns} == set(QUESTION_TYPES)
+    assert any(len(r.turns) > 1 for records in catalog.splits.values() for r in records)
+    images = [{r.image for r in records} for records in catalog.splits.values()]
+    assert not (images[0] & images[1] or images[0] & images[2] or images[1] & images[2])
+    sizes = {t.answer for t in turns if t.question_type == "size_numeric"}
+    assert any(a.endswith("cm") for a in sizes) and any(a.endswith("mm") for a in sizes)
+
+
+# Bad input: each kind gets one line naming the file and the line or record.
+
+
+def test_malformed_jsonl_line_names_its_line_number(tmp_path: Path):
+    good = {"image": "a.png", "question": "Is there a polyp?", "answer": "yes"}
+    message = read_error(tmp_path, [good, good, '{"image": "a.png", "question": "Is it?", "answer": '])
+    assert message.endswith("train.jsonl:line 3: malformed JSON: Expecting value (fix the line)")
+
+
+def test_missing_image_names_the_record(tmp_path: Path):
+    message = read_error(tmp_path, [{"image": "gone.png", "question": "Is there a polyp?", "answer": "yes"}])
+    assert message.endswith(
+        "train.jsonl:line 1: missing image file: images/gone.png not found (add the image, or fix data.image_dir)"
+    )
+
+
+def test_empty_answer_is_refused(tmp_path: Path):
+    message = read_error(tmp_path, [{"image": "a.png", "question": "Is there a polyp?", "answer": "  "}])
+    assert message.endswith("train.jsonl:line 1: empty answer (give the record an 'answer' text, or drop it)")
+
+
+def test_unknown_question_type_in_config_is_a_config_error():
+    with pytest.raises(
+        ConfigError, match=r"^data\.question_types\[1\]\.type='colour' is not a question type; valid: yes_no"
+    ):
+        QuestionTypeRules([{"type": "yes_no", "pattern": "^is"}, {"type": "colour", "pattern": "colou?r"}])
+    with pytest.raises(ConfigError, match=r"^data\.candidates\.counting='counting' is not a question type"):
+        build_candidates({"counting": ["1"]}, [])
+
+
+def test_unknown_question_type_in_a_record_names_it(tmp_path: Path):
+    record = {"image": "a.png", "question": "Is it?", "answer": "yes", "question_type": "boolean"}
+    assert "train.jsonl:line 1: unknown question type 'boolean' (use one of yes_no, color" in read_error(
+        tmp_path, [record]
+    )
+
+
+def test_conversation_that_does_not_alternate_is_refused(tmp_path: Path):
+    conversation = [{"from": "human", "value": "Is there a polyp?"}, {"from": "human", "value": "Where?"}]
+    message = read_error(tmp_path, [{"image": "a.png", "conversations": conversation}])
+    assert message.endswith(
+        "train.jsonl:line 1: conversation does not alternate: message 1 is from 'human', expected 'gpt' "
+        "(human and gpt messages must alternate, starting with human)"
+    )
+
+
+def test_conversation_ending_on_a_human_turn_is_refused(tmp_path: Path):
+    conversation = [
+        {"from": "human", "value": "Is there a polyp?"},
+        {"from": "gpt", "value": "yes"},
+        {"from": "human", "value": "Where?"},
+    ]
+    message = read_error(tmp_path, [{"image": "a.png", "conversations": conversation}])
+    assert message.endswith(
+        "train.jsonl:line 1: conversation ends on a human turn (end it with the gpt answer, or drop the question)"
+    )
+
+
+def test_image_path_escaping_the_image_root_is_refused(tmp_path: Path):
+    (tmp_path / "secret.png").write_bytes(b"")
+    message = read_error(tmp_path, [{"image": "../secret.png", "question": "Is there a polyp?", "answer": "yes"}])
+    assert "train.jsonl:line 1: path '../secret.png' escapes the data root" in message
+
+
+def test_image_in_two_split_files_is_refused(tmp_path: Path):
+    record = {"image": "a.png", "question": "Is there a polyp?", "answer": "yes"}
+    root = split_files(tmp_path, {"train": [record], "val": [record], "test": []})
+    splits = {split: reader(root).read_jsonl(root / f"{split}.jsonl") for split in ("train", "val", "test")}
+    with pytest.raises(
+        DataError, match=r"val\.jsonl:line 1: image in two splits: 'a\.png' is in val here and in train"
+    ):
+        check_disjoint(splits)
+
+
+def test_answer_outside_its_candidates_is_refused(tmp_path: Path):
+    record = {"image": "a.png", "question": "Pick", "answer": "green", "answer_candidates": ["red", "blue"]}
+    assert "answer 'green' is not among answer_candidates" in read_error(tmp_path, [record])
+
+
+def test_skip_policy_skips_and_counts_bad_records(tmp_path: Path):
+    write_images(tmp_path / "images", ["a.png"])
+    rows = [
+        {"image": "a.png", "question": "Is there a polyp?", "answer": "yes"},
+        {"image": "a.png", "question": "Is there a polyp?", "answer": ""},
+        "not json",
+        {"image": "nope.png", "question": "Is there a polyp?", "answer": "no"},
+    ]
+    records_reader = reader(tmp_path, on_error="skip")
+    records = records_reader.read_jsonl(write_jsonl(tmp_path / "train.jsonl", rows))
+    assert len(records) == 1
+    assert records_reader.policy.skipped_by_reason() == {
+        "empty answer": 1,
+        "malformed JSON": 1,
+        "missing image file": 1,
+    }

@@ -1,0 +1,154 @@
+"""Prompt segments, label masking and the audit that proves the supervised tokens are the answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from vigil.core.datafiles import RecordPolicy
+from vigil.tasks.vqa.data import Catalog, VQARecord
+from vigil.tasks.vqa.health import audit_records
+from vigil.tasks.vqa.masking import IGNORE_INDEX, AnswerOnly, FullSequence, Masking, MultiTurn
+from vigil.tasks.vqa.model import load_processor
+from vigil.tasks.vqa.prompts import SYSTEM_PROMPT, PromptEncoder, Role, Turn
+
+TURNS = (
+    Turn("Is there a polyp?", "yes", "yes_no", ("yes", "no")),
+    Turn("What color is the polyp?", "red", "color", ("red", "white")),
+)
+IMAGE_TOKENS = (64 // 16) ** 2
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory: pytest.TempPathFactory) -> PromptEncoder:
+    return PromptEncoder(load_processor("tiny", tmp_path_factory.mktemp("cache"), None))
+
+
+@pytest.fixture
+def encoding(encoder: PromptEncoder):
+    return encoder.encode(encoder.image_segment(Image.new("RGB", (80, 60))), TURNS)
+
+
+def text_of(encoder: PromptEncoder, ids: list[int]) -> str:
+    return encoder.tokenizer.decode(ids, skip_special_tokens=False)
+
+
+def expected_template(final_answer: bool = True) -> str:
+    """The template written out by hand, image tokens left out."""
+    return (
+        f"<s>System: {SYSTEM_PROMPT}\nUser: \nQuestion type: yes_no\nQuestion: Is there a polyp?\n"
+        "Valid answers: yes, no\nAssistant: Answer: yes</s>\nUser: \nQuestion type: color\n"
+        "Question: What color is the polyp?\nValid answers: red, white\nAssistant: Answer:"
+    ) + (" red</s>" if final_answer else "")
+
+
+def test_segments_concatenate_to_the_template_with_the_image_expanded(encoder, encoding):
+    roles = torch.tensor(encoding.roles)
+    ids = torch.tensor(encoding.input_ids)
+    image_token = encoder.tokenizer.convert_tokens_to_ids("<image>")
+    assert int((roles == Role.IMAGE).sum()) == IMAGE_TOKENS
+    assert (ids[roles == Role.IMAGE] == image_token).all()
+    assert text_of(encoder, ids[roles != Role.IMAGE].tolist()) == expected_template()
+    assert encoding.image_inputs["pixel_values"].shape == (1, 3, 64, 64)
+
+
+def test_answer_segments_are_tokenised_on_their_own_and_end_with_eos(encoder, encoding):
+    roles, ids = encoding.roles, encoding.input_ids
+    tokenizer = encoder.tokenizer
+    final = [token for token, role in zip(ids, roles, strict=True) if role == Role.FINAL_ANSWER]
+    earlier = [token for token, role in zip(ids, roles, strict=True) if role == Role.ANSWER]
+    assert final == [*tokenizer(" red", add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+    assert earlier == [*tokenizer(" yes", add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+
+
+def test_generation_prompt_ends_at_the_asked_turns_answer_colon(encoder, encoding):
+    prompt = encoder.encode(encoder.image_segment(Image.new("RGB", (80, 60))), TURNS, final_answer=False)
+    assert Role.FINAL_ANSWER not in prompt.roles
+    assert prompt.input_ids == encoding.input_ids[: len(prompt.input_ids)]
+    roles = torch.tensor(prompt.roles)
+    assert text_of(encoder, torch.tensor(prompt.input_ids)[roles != Role.IMAGE].tolist()) == expected_template(False)
+
+
+@pytest.mark.parametrize(
+    ("masking", "supervised_text"),
+    [(AnswerOnly(), " red</s>"), (MultiTurn(), " yes</s> red</s>"), (FullSequence(), expected_template())],
+)
+def test_masking_supervises_exactly_its_roles(encoder, encoding, masking, supervised_text):
+    ids = torch.tensor([encoding.input_ids, encoding.input_ids[:-5] + [0] * 5])
+    roles = torch.tensor([encoding.roles, encoding.roles[:-5] + [int(Role.PADDING)] * 5])
+    labels = masking.labels(ids, roles)
+    assert text_of(encoder, labels[0][labels[0] != IGNORE_INDEX].tolist()) == supervised_text
+    # Image tokens and padding are never supervised, whatever the strategy.
+    assert (labels[roles == Role.IMAGE] == IGNORE_INDEX).all()
+    assert (labels[roles == Role.PADDING] == IGNORE_INDEX).all()
+
+
+class ShiftedByOne(AnswerOnly):
+    """The classic bug: the answer mask one token late (the last prompt token in, the end-of-sequence out)."""
+
+    def __call__(self, token_role: torch.Tensor) -> torch.Tensor:
+        mask = super().__call__(token_role)
+        return torch.cat([mask[1:], mask[:1]])
+
+
+class NothingSupervised(Masking):
+    roles = ()
+
+
+def catalog_of(tmp_path: Path, turns_per_record: list[tuple[Turn, ...]]) -> Catalog:
+    image = tmp_path / "a.png"
+    Image.new("RGB", (64, 64)).save(image)
+    records = [
+        VQARecord(f"r{n}", "a.png", image, turns, tmp_path / "train.jsonl", f"line {n + 1}")
+        for n, turns in enumerate(turns_per_record)
+    ]
+    return Catalog(tmp_path, {"train": records, "val": records[:1], "test": []}, RecordPolicy())
+
+
+def test_audit_proves_the_supervised_tokens_are_the_answers(tmp_path: Path, encoder):
+    report = audit_records(catalog_of(tmp_path, [TURNS, TURNS[:1]]), encoder, AnswerOnly(), max_length=256)
+    assert report.errors == [] and report.warnings == []
+    train = report.splits["train"]
+    assert train["samples"] == 2 and train["questions"] == 3 and train["conversations"] == 1
+    assert train["questions_per_type"] == {"color": 1, "yes_no": 2}
+    # " red</s>" and " yes</s>": each answer is one token plus end-of-sequence.
+    assert train["supervised_tokens_mean"] == 2.0
+    single = encoder.encode(encoder.image_segment(Image.new("RGB", (64, 64))), TURNS[:1])
+    assert train["supervised_fraction_by_type"]["yes_no"] == pytest.approx(2 / len(single.input_ids))
+    assert train["image_tokens_mean"] == IMAGE_TOKENS
+
+
+def test_audit_refuses_answers_cut_by_max_length(tmp_path: Path, encoder):
+    # One token short: only the end-of-sequence token of the conversation's last answer is cut.
+    length = len(encoder.encode(encoder.image_segment(Image.new("RGB", (64, 64))), TURNS).input_ids)
+    report = audit_records(catalog_of(tmp_path, [TURNS, TURNS[:1]]), encoder, AnswerOnly(), max_length=length - 1)
+    assert report.splits["train"]["answers_cut"] == 1 and report.splits["train"]["truncated"] == 1
+    (error,) = report.errors
+    assert error.startswith("train: 1 samples have their final answer cut by data.max_length (train.jsonl:line 1)")
+    assert error.endswith(f"(raise data.max_length={length - 1} to at least {length})")
+
+
+def test_audit_refuses_a_mask_off_by_one(tmp_path: Path, encoder):
+    report = audit_records(catalog_of(tmp_path, [TURNS]), encoder, ShiftedByOne(), max_length=256)
+    assert any(
+        "samples have supervised tokens that are not their answer (train.jsonl:line 1: " in e for e in report.errors
+    )
+    assert any("samples have supervised prompt tokens" in e for e in report.errors)
+
+
+def test_audit_refuses_samples_without_supervised_tokens(tmp_path: Path, encoder):
+    report = audit_records(catalog_of(tmp_path, [TURNS]), encoder, NothingSupervised(), max_length=256)
+    assert report.errors == [
+        "train: 1 samples have no supervised token (train.jsonl:line 1) (check the masking and the records' answers)"
+    ]
+
+
+def test_audit_warns_that_full_sequence_trains_the_prompt(tmp_path: Path, encoder):
+    report = audit_records(catalog_of(tmp_path, [TURNS]), encoder, FullSequence(), max_length=256)
+    assert report.errors == []
+    (warning,) = report.warnings
+    assert warning.startswith("train: masking=FullSequence trains the prompt: ")
+    assert report.splits["train"]["supervised_fraction_mean"] > 0.5

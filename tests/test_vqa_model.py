@@ -1,0 +1,256 @@
+"""The VQA model and module: tiny checkpoint round trip, named inputs only, LoRA, the token loss, health."""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaProcessor
+
+from vigil.core.batch import check_forward_accepts, fields_with_role, meta
+from vigil.tasks.vqa.data import VQABatch, VQACollate
+from vigil.tasks.vqa.health import supervision_alerts
+from vigil.tasks.vqa.losses import TokenCrossEntropy
+from vigil.tasks.vqa.masking import IGNORE_INDEX, AnswerOnly, MultiTurn
+from vigil.tasks.vqa.model import TinyLlava, ensure_tiny_checkpoint, vision_language_model
+from vigil.tasks.vqa.module import VQAModule
+from vigil.tasks.vqa.prompts import PromptEncoder, Turn
+
+TURNS = [
+    (Turn("Is there a polyp?", "yes", "yes_no", ("yes", "no")),),
+    (
+        Turn("What color is the polyp?", "red", "color", ("red", "white")),
+        Turn("How many polyps?", "2", "count_numeric"),
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def model(cache: Path):
+    return vision_language_model("tiny", cache_dir=str(cache), frozen=[r"vision_tower\.post_layernorm\."])
+
+
+def training_batch(model) -> VQABatch:
+    encoder = PromptEncoder(AutoProcessor.from_pretrained(model.model.name_or_path))
+    samples = []
+    for index, turns in enumerate(TURNS):
+        encoding = encoder.encode(encoder.image_segment(Image.new("RGB", (64, 64), (40 * index, 90, 90))), turns)
+        samples.append(
+            {
+                "input_ids": encoding.input_ids,
+                "roles": encoding.roles,
+                "image_inputs": encoding.image_inputs,
+                "answer": turns[-1].answer,
+                "question_type": turns[-1].question_type,
+                "candidates": turns[-1].candidates,
+                "id": f"r{index}",
+                "question": turns[-1].question,
+                "image": f"{index}.png",
+            }
+        )
+    return VQACollate(encoder.tokenizer.pad_token_id, "right")(samples)
+
+
+@dataclasses.dataclass
+class BatchWithRecordFields(VQABatch):
+    """A batch that also carries what a real record has around it: none of it may reach the model."""
+
+    source: list[str] = meta(default_factory=list)
+    img_id: list[str] = meta(default_factory=list)
+    labels_text: list[str] = meta(default_factory=list)
+
+
+def test_tiny_checkpoint_is_written_once_and_loaded_through_the_auto_classes(cache: Path, model):
+    folder = ensure_tiny_checkpoint(cache, TinyLlava())
+    assert Path(model.model.name_or_path) == folder
+    written = {path.name: path.stat().st_mtime_ns for path in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(written)
+    assert ensure_tiny_checkpoint(cache, TinyLlava()) == folder
+    assert {path.name: path.stat().st_mtime_ns for path in folder.iterdir()} == written
+    processor = AutoProcessor.from_pretrained(folder)
+    reloaded = AutoModelForImageTextToText.from_pretrained(folder)
+    assert isinstance(processor, LlavaProcessor) and type(reloaded).__name__ == "LlavaForConditionalGeneration"
+    assert processor.tokenizer.convert_tokens_to_ids("<image>") == reloaded.config.image_token_id
+    for name, value in reloaded.state_dict().items():
+        assert torch.equal(model.model.state_dict()[name], value), name
+
+
+def test_model_forward_takes_the_batch_inputs_by_name():
+    assert fields_with_role(VQABatch, "input") == ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_training_step_hands_the_hf_model_only_its_inputs(model, monkeypatch: pytest.MonkeyPatch):
+    check_forward_accepts(model, BatchWithRecordFields)
+    calls = []
+    forward = model.model.forward
+
+    def spy(*args, **kwargs):
+        calls.append((args, kwargs))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model.model, "forward", spy)
+    fields = {f.name: getattr(training_batch(model), f.name) for f in dataclasses.fields(VQABatch)}
+    batch = BatchWithRecordFields(**fields, source=["hyperkvasir"] * 2, img_id=["a", "b"], labels_text=["x", "y"])
+    module = VQAModule(model, TokenCrossEntropy(), AnswerOnly(), partial(torch.optim.AdamW, lr=1e-3))
+    output = module.training_step(batch, 0)
+    ((args, kwargs),) = calls
+    assert args == () and set(kwargs) == {"input_ids", "attention_mask", "pixel_values"}
+    assert kwargs["input_ids"] is batch.input_ids and kwargs["pixel_values"] is batch.pixel_values
+    assert torch.isfinite(output["loss"])
+
+
+def test_token_loss_matches_a_token_by_token_reference(model):
+    batch = training_batch(model)
+    labels = MultiTurn().labels(batch.input_ids, batch.token_role)
+    logits = model(batch.input_ids, batch.attention_mask, batch.pixel_values)
+    terms = []
+    for row in range(labels.shape[0]):
+        for position in range(1, labels.shape[1]):
+            if labels[row, position] != IGNORE_INDEX:
+                log_probs = F.log_softmax(logits[row, position - 1].double(), dim=-1)
+                terms.append(-log_probs[labels[row, position]])
+    assert len(terms) == 6  # " yes</s>", " red</s>", " 2</s>": one token and end-of-sequence each
+    expected = torch.stack(terms).mean()
+    torch.testing.assert_close(TokenCrossEntropy()(logits, labels).double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_batch_without_supervised_tokens_gives_zero_loss_and_an_alert(model):
+    logits = torch.randn(2, 5, 11, requires_grad=True)
+    loss = TokenCrossEntropy()(logits, torch.full((2, 5), IGNORE_INDEX))
+    loss.backward()
+    assert loss.item() == 0.0 and logits.grad is not None
+    alerts = supervision_alerts({"supervised_tokens": 0.0, "supervised_fraction": 0.0}, min_supervised_tokens=1)
+    assert "check the label masking" in alerts["no_supervised_tokens"]
+    assert supervision_alerts({"supervised_tokens": 4.0, "supervised_fraction": 0.1}, min_supervised_tokens=1) == {}
+
+
+def test_every_trainable_parameter_gets_a_gradient(model):
+    batch = training_batch(model)
+    model.zero_grad()
+    logits = model(batch.input_ids, batch.attention_mask, batch.pixel_values)
+    TokenCrossEntropy()(logits, AnswerOnly().labels(batch.input_ids, batch.token_role)).backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    model.zero_grad()
+
+
+def test_lora_trains_only_the_adapters_and_checkpoints_only_them(cache: Path):
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    adapted = vision_language_model("tiny", cache_dir=str(cache), lora=lora, freeze_vision_tower=True)
+    trainable = [name for name, p in adapted.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in name for name in trainable)
+    assert any("language_model" in name for name in trainable)
+    module = VQAModule(adapted, TokenCrossEntropy(), AnswerOnly(), partial(torch.optim.AdamW, lr=1e-3))
+    (group,) = module.configure_optimizers().param_groups
+    assert len(group["params"]) == len(trainable)
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    assert sorted(checkpoint["state_dict"]) == sorted(f"model.{name}" for name in trainable)
+    assert module.strict_loading is False
+
+
+def test_freeze_vision_tower_freezes_the_vision_encoder_only(cache: Path):
+    frozen = vision_language_model("tiny", cache_dir=str(cache), freeze_vision_tower=True)
+    for name, parameter in frozen.named_parameters():
+        assert parameter.requires_grad == ("vision_tower" not in name), name
+
+
+def write_tiny_qwen2_vl(folder: Path) -> None:
+    """A random Qwen2-VL checkpoint with its own processor: patch grids, merged patches and 3-D rotary positions."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (
+        PreTrainedTokenizerFast,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+    )
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    from vigil.tasks.vqa.model import tiny_corpus
+
+    special = ["<|endoftext|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, special_tokens=special, initial_alphabet=alphabet, show_progress=False
+    )
+    tokenizer.train_from_iterator(tiny_corpus(), trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112)
+    processor = Qwen2VLProcessor(
+        image_processor=image_processor, tokenizer=fast, video_processor=Qwen2VLVideoProcessor()
+    )
+    ids = {token: fast.convert_tokens_to_ids(token) for token in special}
+    config = Qwen2VLConfig(
+        vision_config={"depth": 1, "embed_dim": 32, "hidden_size": 64, "num_heads": 2},
+        text_config={
+            "vocab_size": len(fast),
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "rope_parameters": {"rope_type": "default", "mrope_section": [4, 6, 6], "rope_theta": 10000.0},
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    Qwen2VLForConditionalGeneration(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+
+def test_a_qwen2_vl_checkpoint_trains_with_lora_and_decodes_through_the_same_path(tmp_path: Path):
+    from vigil.tasks.vqa.decoding import Decoder
+    from vigil.tasks.vqa.model import load_processor
+
+    write_tiny_qwen2_vl(tmp_path / "qwen2_vl")
+    name = str(tmp_path / "qwen2_vl")
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    model = vision_language_model(name, cache_dir=str(tmp_path), lora=lora, freeze_vision_tower=True)
+    encoder = PromptEncoder(load_processor(name, tmp_path, None), "<|vision_start|><|image_pad|><|vision_end|>")
+    turns = [TURNS[0], (Turn("What is the size of the polyp?", "5-10mm", "size_numeric", ("<5mm", "5-10mm")),)]
+    images = [Image.new("RGB", (64, 64), (200, 90, 90)), Image.new("RGB", (90, 60), (90, 90, 200))]
+
+    def samples(final_answer: bool) -> list[dict]:
+        encodings = [
+            encoder.encode(encoder.image_segment(i), t, final_answer) for i, t in zip(images, turns, strict=True)
+        ]
+        return [
+            {"input_ids": e.input_ids, "roles": e.roles, "image_inputs": e.image_inputs, "answer": t[-1].answer}
+            | {
+                "question_type": t[-1].question_type,
+                "candidates": t[-1].candidates,
+                "id": "",
+                "question": "",
+                "image": "",
+            }
+            for e, t in zip(encodings, turns, strict=True)
+        ]
+
+    batch = VQACollate(encoder.tokenizer.pad_token_id, "right")(samples(True))
+    # Images of different sizes: a different number of patches each, told apart by the grid.
+    assert batch.image_grid_thw.tolist() == [[1, 4, 4], [1, 4, 6]]
+    assert batch.pixel_values.shape[0] == 16 + 24
+    logits = model(batch.input_ids, batch.attention_mask, batch.pixel_values, batch.image_grid_thw)
+    TokenCrossEntropy()(logits, AnswerOnly().labels(batch.input_ids, batch.token_role)).backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "lora_" in n)
+    prompts = VQACollate(encoder.tokenizer.pad_token_id, "left")(samples(False))
+    model.eval()
+    for decoding in ("constrained", "rank"):
+        answers = Decoder(decoding, max_new_tokens=4)(model, prompts)
+        assert all(a in c for a, c in zip(answers, prompts.candidates, strict=True)), (decoding, answers)
