@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,3 +45,10 @@ def median(values: Sequence[float]) -> float:
 def spread(values: Sequence[float], digits: int = 3) -> str:
     """`min..max` of repeated measurements, to show how noisy a median is."""
     return f"{min(values):.{digits}f}..{max(values):.{digits}f}"
+
+
+def timed(function: Callable[..., Any], *arguments: Any) -> tuple[float, Any]:
+    """Seconds one call takes, and what it returned."""
+    start = time.perf_counter()
+    result = function(*arguments)
+    return time.perf_counter() - start, result

@@ -7,13 +7,12 @@ a query without any), then averages per category. Both must give the same number
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
 import torch
 
-from benchmarks.common import Row, median, spread
+from benchmarks.common import Row, median, spread, timed
 from vigil.tasks.cape.metrics import MPCK_THRESHOLDS, PCK
 
 NAME = "pck"
@@ -68,13 +67,6 @@ def vigil_pck(data: dict[str, torch.Tensor]) -> dict[str, float]:
         )
     result = metric.compute()
     return {"pck": float(result["pck"]), "mpck": float(result["mpck"])}
-
-
-def timed(function: Any, *arguments: Any) -> tuple[float, dict[str, float]]:
-    """Seconds one call takes, and what it returned."""
-    start = time.perf_counter()
-    result = function(*arguments)
-    return time.perf_counter() - start, result
 
 
 def pck(args: Any) -> list[Row]:

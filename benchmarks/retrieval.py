@@ -6,13 +6,12 @@ reference ranks one query at a time with a full sort, as a first implementation 
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import Row, median, spread
+from benchmarks.common import Row, median, spread, timed
 from vigil.tasks.contrastive.metrics import RetrievalRecall
 
 NAME = "retrieval"
@@ -66,13 +65,6 @@ def vigil_recall(
         captions = slice(start * CAPTIONS_PER_IMAGE, (start + 32) * CAPTIONS_PER_IMAGE)
         metric.update(images[start : start + 32], image_ids[start : start + 32], texts[captions], caption_ids[captions])
     return {name: float(value) for name, value in metric.compute().items()}
-
-
-def timed(function: Any, *arguments: Any) -> tuple[float, dict[str, float]]:
-    """Seconds one call takes, and what it returned."""
-    start = time.perf_counter()
-    result = function(*arguments)
-    return time.perf_counter() - start, result
 
 
 def retrieval(args: Any) -> list[Row]:

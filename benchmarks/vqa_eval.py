@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import math
 import random
-import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.common import Row, median, spread
+from benchmarks.common import Row, median, spread, timed
 from vigil.tasks.vqa import metrics
 from vigil.tasks.vqa.metrics import NUMERIC_TYPES, PerTypeAccuracy, answers_match
 
@@ -198,13 +197,6 @@ def pint_bounds_agree(given: Any, expected: Any) -> bool:
     if math.isinf(given.magnitude) or math.isinf(expected.magnitude):
         return given == expected
     return abs(given - expected) <= margin(expected) + slack(expected)
-
-
-def timed(function: Any, *arguments: Any) -> tuple[float, Any]:
-    """Seconds one call takes, and what it returned."""
-    start = time.perf_counter()
-    result = function(*arguments)
-    return time.perf_counter() - start, result
 
 
 def vqa_eval(args: Any) -> list[Row]:
