@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vigil.core.datafiles import RecordPolicy
 from vigil.core.errors import DataError
+from vigil.core.files import RecordPolicy
 from vigil.tasks.cape.data import (
     CapeDataModule,
     Instance,

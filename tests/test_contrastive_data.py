@@ -12,8 +12,8 @@ from PIL import Image
 from torch.utils.data import DistributedSampler
 from transformers import AutoTokenizer
 
-from vigil.core.datafiles import RecordPolicy
 from vigil.core.errors import DataError
+from vigil.core.files import RecordPolicy
 from vigil.tasks.contrastive.data import (
     CaptionBatchSampler,
     CaptionDataModule,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from vigil.core.datafiles import RecordPolicy
 from vigil.core.errors import ConfigError, DataError
+from vigil.core.files import RecordPolicy
 from vigil.tasks.vqa.data import RecordReader, VQADataModule, check_disjoint, split_by_image
 from vigil.tasks.vqa.metrics import QUESTION_TYPES
 from vigil.tasks.vqa.question_types import QuestionTypeRules, build_candidates, majority_answers

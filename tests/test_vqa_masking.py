@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vigil.core.datafiles import RecordPolicy
+from vigil.core.files import RecordPolicy
 from vigil.tasks.vqa.data import Catalog, VQARecord
 from vigil.tasks.vqa.health import audit_records
 from vigil.tasks.vqa.masking import IGNORE_INDEX, AnswerOnly, FullSequence, Masking, MultiTurn

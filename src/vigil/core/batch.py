@@ -1,12 +1,13 @@
 """The batch contract: a batch is a dataclass whose fields are model inputs, targets or metadata.
 
-The module calls the model with named inputs; nothing passes a whole batch to a model. `check_forward_accepts`
-proves, before training, that the model accepts exactly the input fields of the task's batch.
+The module calls the model with the batch's input fields by name (`Batch.model_inputs`); nothing passes a whole
+batch to a model. `check_forward_accepts` proves, before training, that the model accepts exactly those fields.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from typing import Any, Literal
 
@@ -32,6 +33,23 @@ def meta(**kwargs: Any) -> Any:
     return dataclasses.field(metadata={"role": "meta"}, **kwargs)
 
 
+class Batch:
+    """Base of the task batches: a dataclass whose every field is declared input, target or meta.
+
+    `model_inputs()` is the one way a module gets what its model is called with, so the call site and the
+    signature check read the same declaration.
+    """
+
+    def model_inputs(self) -> dict[str, Any]:
+        """The input fields of this batch by name: exactly the model's keyword arguments."""
+        return {name: getattr(self, name) for name in fields_with_role(type(self), "input")}
+
+    def __len__(self) -> int:
+        """The number of samples."""
+        raise NotImplementedError(f"{type(self).__name__} must say how many samples it holds")
+
+
+@functools.cache
 def fields_with_role(batch_type: type, role: Role) -> tuple[str, ...]:
     """Names of the fields of a batch dataclass that carry `role`."""
     names = []

@@ -1,29 +1,56 @@
-"""What every task's LightningModule shares: the wiring of model, loss, masking, optimizer and scheduler."""
+"""The TaskModule template every task's LightningModule subclasses.
+
+The template owns what must be the same in every task: the model called with the batch's declared inputs, the
+finite-loss check, `train/loss` logged under one DDP sync policy, one evaluation hook for val and test, metrics
+logged once per split, pictures drawn on rank zero outside the sanity check, and the optimizer wiring. A task
+fills in `training_loss`, `evaluate` and `log_metrics`, and optionally `use_context`, `draw_pictures` and the
+health hooks read by `vigil.core.guardrails.HealthMonitor`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from abc import abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from vigil.core.batch import Batch
+from vigil.core.data import TaskDataModule
+from vigil.core.guardrails import check_finite_loss
+
+
+@dataclass
+class TrainingLoss:
+    """What a task's training step produced.
+
+    `loss` is backpropagated; `outputs` (detached) reach the health monitor; `terms` are logged per epoch as
+    `train/<name>` under the same sync policy as `train/loss`.
+    """
+
+    loss: torch.Tensor
+    outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    terms: dict[str, torch.Tensor | float] = field(default_factory=dict)
+
 
 class TaskModule(pl.LightningModule):
     """Base of the task modules; run.py builds them from the model, loss, masking and optimizer groups.
 
-    A task sets `task_name`, implements the steps, and reports its health statistics and alerts for
-    `vigil.core.guardrails.HealthMonitor`.
+    `task_name` keys the task's health thresholds; `alert_rule` is the function those thresholds are passed to
+    as keyword arguments, so a misspelled threshold is found when the config is validated.
     """
 
-    task_name = "task"
+    task_name: ClassVar[str] = "task"
+    alert_rule: ClassVar[Callable[..., dict[str, str]] | None] = None
 
     def __init__(
         self,
         model: nn.Module,
         loss: nn.Module,
-        masking: Callable[..., Any],
+        masking: Any,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
     ) -> None:
@@ -34,7 +61,71 @@ class TaskModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
 
-    def health_stats(self, outputs: dict[str, torch.Tensor], batch: Any) -> dict[str, float]:
+    def setup(self, stage: str) -> None:
+        """Take what the module needs from the data, through the DataModule's declared `context()`."""
+        datamodule = self.trainer.datamodule
+        if isinstance(datamodule, TaskDataModule):
+            self.use_context(datamodule.context())
+
+    def use_context(self, context: Any) -> None:
+        """Receive the DataModule's `context()`; tasks that need nothing from their data ignore it."""
+
+    def forward_batch(self, batch: Batch) -> Any:
+        """The model called with exactly the batch's declared input fields, by name."""
+        return self.model(**batch.model_inputs())
+
+    @abstractmethod
+    def training_loss(self, batch: Batch) -> TrainingLoss:
+        """The loss of one training batch, with the outputs the health monitor reads."""
+
+    @abstractmethod
+    def evaluate(self, batch: Batch, split: str, batch_idx: int) -> None:
+        """Score one val or test batch into the split's metrics (and keep what the pictures need)."""
+
+    @abstractmethod
+    def log_metrics(self, split: str) -> None:
+        """Compute, log (with `log_split`) and reset the split's metrics; runs on every rank at epoch end."""
+
+    def draw_pictures(self) -> None:
+        """Draw the validation pictures; called on rank zero after each validation of fit."""
+
+    def training_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """The task's loss, checked finite before the backward pass, logged as `train/loss` averaged over ranks."""
+        result = self.training_loss(batch)
+        check_finite_loss(result.loss.detach(), self.global_step, self.current_epoch)
+        size = len(batch)
+        self.log("train/loss", result.loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True)
+        for name, value in result.terms.items():
+            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
+        return {"loss": result.loss, **result.outputs}
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        """Score one validation batch."""
+        self.evaluate(batch, "val", batch_idx)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        """Score one test batch."""
+        self.evaluate(batch, "test", batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        """Log the validation metrics; draw pictures on rank zero, never for the sanity check."""
+        self.log_metrics("val")
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            self.draw_pictures()
+
+    def on_test_epoch_end(self) -> None:
+        """Log the test metrics."""
+        self.log_metrics("test")
+
+    def log_split(self, split: str, values: Mapping[str, torch.Tensor | float]) -> None:
+        """Log metric values as `<split>/<name>`.
+
+        Metrics are torchmetrics and already synced across ranks; `sync_dist` only averages identical values.
+        """
+        if values:
+            self.log_dict({f"{split}/{name}": value for name, value in values.items()}, sync_dist=True)
+
+    def health_stats(self, outputs: dict[str, torch.Tensor], batch: Batch) -> dict[str, float]:
         """The task's `health/*` statistics of one training batch."""
         return {}
 

@@ -24,8 +24,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from vigil.core.batch import meta, model_input, target
-from vigil.core.datafiles import OnError, RecordPolicy, resolve_under
 from vigil.core.errors import ConfigError, DataError
+from vigil.core.files import OnError, RecordPolicy, resolve_under
 from vigil.core.guardrails import AuditReport
 from vigil.core.sampling import evaluation_sampler
 from vigil.core.synthetic import synthetic_folder

@@ -15,7 +15,6 @@ a record's position. Split values other than train/val/test are counted in the a
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -28,16 +27,16 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image, UnidentifiedImageError
 from timm.data import create_transform
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase
 
 from vigil.core.batch import meta, model_input, target
-from vigil.core.datafiles import OnError, RecordPolicy, resolve_under
 from vigil.core.errors import ConfigError, DataError
+from vigil.core.files import OnError, RecordPolicy, resolve_under
 from vigil.core.guardrails import AuditReport
 from vigil.core.sampling import evaluation_sampler
-from vigil.core.synthetic import ensure_synthetic, synthetic_folder
+from vigil.core.synthetic import synthetic_folder
+from vigil.core.tiny import ensure_wordpiece_tokenizer, load_tokenizer
 from vigil.tasks.contrastive.health import audit_captions
 from vigil.tasks.contrastive.synthetic import NAME as SYNTHETIC_NAME
 from vigil.tasks.contrastive.synthetic import SyntheticCaptions, ensure_synthetic_captions
@@ -51,7 +50,6 @@ ANNOTATION_FILES = {
 }
 CSV_COLUMNS = ("raw", "split", "filename")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 Format = Literal["auto", "karpathy", "csv", "token"]
 SamplerName = Literal["unique_images", "k_captions"]
 
@@ -285,7 +283,7 @@ class CaptionDataModule(pl.LightningDataModule):
         name = self.tokenizer_name
         if name is None:
             captions = [c for record in self.catalog.splits["train"] for c in record.captions]
-            name = str(ensure_local_tokenizer(self.cache_dir, captions, self.vocab_size))
+            name = str(ensure_wordpiece_tokenizer(self.cache_dir, captions, self.vocab_size))
         self.tokenizer = load_tokenizer(name)
 
     def audit(self, masking: Any) -> AuditReport:
@@ -602,49 +600,3 @@ def open_image(path: Path) -> Image.Image:
             return image.convert("RGB")
     except (OSError, UnidentifiedImageError, SyntaxError) as error:
         raise DataError(path, None, f"cannot be decoded as an image: {error}", "replace or remove the file") from None
-
-
-@dataclass(frozen=True)
-class TokenizerSpec:
-    """What a locally trained tokenizer depends on; its folder name is a hash of it."""
-
-    vocab_size: int
-    captions_sha1: str
-
-
-def ensure_local_tokenizer(cache_dir: Path, captions: list[str], vocab_size: int) -> Path:
-    """A WordPiece tokenizer trained on `captions`, written once under `cache_dir` as a transformers folder that
-    loads with `AutoTokenizer.from_pretrained` like any checkpoint's tokenizer."""
-    spec = TokenizerSpec(vocab_size, hashlib.sha1(json.dumps(sorted(captions)).encode()).hexdigest())
-    return ensure_synthetic(
-        cache_dir, "tokenizer", spec, lambda folder, _: train_wordpiece(captions, vocab_size).save_pretrained(folder)
-    )
-
-
-def train_wordpiece(captions: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """A lower-casing BERT-style WordPiece tokenizer trained with `tokenizers` ([CLS] text [SEP])."""
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS)
-    tokenizer.train_from_iterator(captions, trainer)
-    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-    )
-
-
-def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
-    """A tokenizer by hub name or folder; one without a padding token pads with its end-of-text token."""
-    tokenizer = AutoTokenizer.from_pretrained(name)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer

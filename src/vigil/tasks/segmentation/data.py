@@ -22,8 +22,8 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from vigil.core.batch import meta, model_input, target
-from vigil.core.datafiles import OnError, RecordPolicy, resolve_under
 from vigil.core.errors import DataError
+from vigil.core.files import OnError, RecordPolicy, resolve_under
 from vigil.core.guardrails import AuditReport
 from vigil.core.sampling import evaluation_sampler
 from vigil.core.synthetic import synthetic_folder

@@ -11,7 +11,7 @@ import torch
 from vigil.core.guardrails import AuditReport
 
 if TYPE_CHECKING:
-    from vigil.core.datafiles import RecordPolicy
+    from vigil.core.files import RecordPolicy
     from vigil.tasks.segmentation.data import MaskFacts
 
 EMPTY_WARNING_FRACTION = 0.5

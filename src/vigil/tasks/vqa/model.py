@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 from peft import LoraConfig, get_peft_model
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch import nn
 from transformers import (
     AutoModelForImageTextToText,
@@ -37,6 +36,7 @@ from transformers.utils import logging as hf_logging
 
 from vigil.core.errors import ConfigError
 from vigil.core.synthetic import ensure_synthetic
+from vigil.core.tiny import byte_level_bpe_tokenizer, with_padding
 from vigil.tasks.vqa.metrics import QUESTION_TYPES
 from vigil.tasks.vqa.prompts import SYSTEM_PROMPT, Turn, answer_text, prompt_text
 from vigil.tasks.vqa.synthetic import text_corpus
@@ -202,8 +202,7 @@ def load_processor(
     """The checkpoint's processor; a tokenizer without a padding token pads with its end-of-sequence token."""
     path = resolve_checkpoint(name_or_path, Path(cache_dir), tiny)
     processor = AutoProcessor.from_pretrained(path, **(processor_kwargs or {}))
-    if processor.tokenizer.pad_token is None:
-        processor.tokenizer.pad_token = processor.tokenizer.eos_token
+    with_padding(processor.tokenizer)
     return processor
 
 
@@ -226,7 +225,15 @@ def tiny_corpus() -> list[str]:
 def write_tiny_checkpoint(folder: Path, spec: TinyCheckpoint, corpus: list[str]) -> None:
     """Train the tokenizer, build the random LLaVA model and its processor, and save them as one checkpoint."""
     sizes = spec.sizes
-    tokenizer = train_tokenizer(corpus, sizes.vocab_size)
+    tokenizer = byte_level_bpe_tokenizer(
+        corpus,
+        sizes.vocab_size,
+        SPECIAL_TOKENS,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": sizes.image_size}, crop_size={"height": sizes.image_size, "width": sizes.image_size}
     )
@@ -244,27 +251,6 @@ def write_tiny_checkpoint(folder: Path, spec: TinyCheckpoint, corpus: list[str])
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     (folder / "vigil_tiny.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
-
-
-def train_tokenizer(corpus: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained on `corpus`: any text round-trips, the corpus's words are single tokens."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(corpus, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        extra_special_tokens={"image_token": "<image>"},
-    )
 
 
 def tiny_config(sizes: TinyLlava, tokenizer: PreTrainedTokenizerFast) -> LlavaConfig:

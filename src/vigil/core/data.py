@@ -1,0 +1,137 @@
+"""The DataModule base every task subclasses: embedded default or `data.root`, prepared once, set up once,
+one loader rule for every split, and the audit hook.
+
+A task fills in four things: `read()` (parse its on-disk format), `dataset(split)`, `collate(split)` and
+`audit(masking)`; optionally `training_batches(dataset)` for its own sampler and `context()` for what its
+LightningModule needs from the data.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader, Dataset
+
+from vigil.core.batch import Batch
+from vigil.core.guardrails import AuditReport
+from vigil.core.sampling import evaluation_sampler
+from vigil.core.synthetic import ensure_synthetic, synthetic_folder
+
+
+class SyntheticSpec(Protocol):
+    """The parameters of a generated data set; it writes itself in the task's real on-disk format."""
+
+    name: ClassVar[str]
+
+    def write(self, root: Path) -> None:
+        """Write the data set under `root`, in the same format the real loader reads."""
+
+
+class TaskDataModule(pl.LightningDataModule, ABC):
+    """Base of the task DataModules.
+
+    `root` is a real data set, or, with `synthetic` parameters, the cache folder under which the embedded default
+    is generated (its own folder per parameter set). `batch_type` declares the batch the loaders yield; the
+    run checks the model against it before training.
+    """
+
+    batch_type: ClassVar[type[Batch]]
+    synthetic_type: ClassVar[type | None] = None
+
+    def __init__(
+        self,
+        root: str | Path,
+        batch_size: int,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        synthetic: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if synthetic and self.synthetic_type is None:
+            raise TypeError(f"{type(self).__name__} declares no synthetic_type, so data.synthetic cannot be used")
+        self.root = Path(root)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.synthetic: SyntheticSpec | None = self.synthetic_type(**synthetic) if synthetic else None
+        self.is_set_up = False
+
+    @property
+    def data_root(self) -> Path:
+        """The folder actually read: `root`, or the generated data set's folder under it."""
+        if self.synthetic is None:
+            return self.root
+        return synthetic_folder(self.root, self.synthetic.name, self.synthetic)
+
+    def prepare_data(self) -> None:
+        """Write the generated data set when it is missing; atomic, so every rank and sweep job may call it."""
+        if self.synthetic is not None:
+            ensure_synthetic(self.root, self.synthetic.name, self.synthetic, lambda folder, spec: spec.write(folder))
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read the data once (`read()`); later calls, from any stage, reuse it."""
+        if self.is_set_up:
+            return
+        self.read()
+        self.is_set_up = True
+
+    @abstractmethod
+    def read(self) -> None:
+        """Parse and check the on-disk data of every split (called once, by `setup`)."""
+
+    @abstractmethod
+    def dataset(self, split: str) -> Dataset:
+        """The Dataset of one split (augmented only for training)."""
+
+    @abstractmethod
+    def collate(self, split: str) -> Callable[[list[Any]], Batch]:
+        """The function that turns a list of samples of `split` into a `batch_type` batch."""
+
+    @abstractmethod
+    def audit(self, masking: Any) -> AuditReport:
+        """Facts about the prepared splits that predict a silent failure under `masking`."""
+
+    def context(self) -> Any:
+        """What the task's LightningModule needs from the data (tokenizer, names, baselines); None by default."""
+        return None
+
+    def training_batches(self, dataset: Dataset) -> dict[str, Any]:
+        """How training batches are drawn: shuffled, and a short last batch dropped when there are more.
+
+        A last batch of one sample breaks BatchNorm, and a short one weighs its few samples like a full batch.
+        Tasks with their own sampler return `sampler=` or `batch_sampler=` instead.
+        """
+        return {"batch_size": self.batch_size, "shuffle": True, "drop_last": len(dataset) > self.batch_size}
+
+    def loader(self, split: str) -> DataLoader:
+        """The DataLoader of `split`; val and test score every sample exactly once, in order, on every rank count."""
+        self.setup()
+        dataset = self.dataset(split)
+        if split == "train":
+            batches = self.training_batches(dataset)
+        else:
+            batches = {"batch_size": self.batch_size, "shuffle": False, "sampler": evaluation_sampler(dataset)}
+        return DataLoader(
+            dataset,
+            collate_fn=self.collate(split),
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            **batches,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """The training loader."""
+        return self.loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        """The validation loader."""
+        return self.loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        """The test loader."""
+        return self.loader("test")

@@ -1,0 +1,150 @@
+"""Reading data files the same way in every task: paths under the root, images, JSON and JSONL, record
+policies, seeded splits, pixel statistics.
+
+Every failure is a DataError naming the file and, where there is one, the line; nothing here skips silently.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from vigil.core.errors import ConfigError, DataError
+
+SPLITS = ("train", "val", "test")
+# The image files every reader accepts, compared lower-cased.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# ImageNet statistics as (3, 1, 1) tensors, for normalising CHW pixels in [0, 1].
+IMAGENET_MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
+IMAGENET_STD = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
+
+T = TypeVar("T")
+OnError = Literal["raise", "skip"]
+
+
+def is_image_file(path: Path | str) -> bool:
+    """Whether the file name has one of the accepted image suffixes."""
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def open_image(path: Path, mode: str | None = "RGB") -> Image.Image:
+    """Open and fully decode an image, converted to `mode` (None keeps the file's own); corrupt is a DataError."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert(mode) if mode else image.copy()
+    except (OSError, UnidentifiedImageError, SyntaxError) as error:
+        raise DataError(path, None, f"cannot be decoded as an image: {error}", "replace or remove the file") from None
+
+
+def normalize(pixels: torch.Tensor) -> torch.Tensor:
+    """CHW (or NCHW) pixels in [0, 1] to ImageNet-normalised values."""
+    return (pixels - IMAGENET_MEAN.to(pixels)) / IMAGENET_STD.to(pixels)
+
+
+def denormalize(pixels: torch.Tensor) -> torch.Tensor:
+    """ImageNet-normalised pixels back to [0, 1] (for pictures)."""
+    return (pixels * IMAGENET_STD.to(pixels) + IMAGENET_MEAN.to(pixels)).clamp(0, 1)
+
+
+def read_json(path: Path, missing: str = "check data.root") -> Any:
+    """Parse a JSON file; a missing file or malformed JSON is a DataError naming the file and line."""
+    if not path.is_file():
+        raise DataError(path, None, "file not found", missing)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise DataError(
+            path, f"line {error.lineno}", f"malformed JSON: {error.msg}", "fix or re-download the file"
+        ) from None
+    except UnicodeDecodeError as error:
+        raise DataError(path, None, f"not UTF-8 text: {error.reason}", "re-save the file as UTF-8") from None
+
+
+def read_jsonl(path: Path, missing: str = "check data.root") -> Iterator[tuple[str, Any]]:
+    """Yield `("line N", object)` for each non-empty line; a line that is not JSON is a DataError naming it.
+
+    The error is raised at that line, so a caller with a skip policy can reject it and read on.
+    """
+    if not path.is_file():
+        raise DataError(path, None, "file not found", missing)
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            yield f"line {number}", parse_json_line(path, number, line)
+
+
+def parse_json_line(path: Path, number: int, line: str) -> Any:
+    """One JSONL line as an object; malformed JSON is a DataError naming the file and line."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as error:
+        raise DataError(path, f"line {number}", f"malformed JSON: {error.msg}", "fix the line") from None
+
+
+def check_split_fractions(fractions: Sequence[float], where: str = "data.split_fractions") -> tuple[float, ...]:
+    """Three non-negative fractions (train, val, test) summing to 1, else a ConfigError."""
+    values = tuple(float(f) for f in fractions)
+    if len(values) != 3 or min(values) < 0 or abs(sum(values) - 1) > 1e-6:
+        raise ConfigError(f"{where}={list(values)} must be three non-negative fractions summing to 1")
+    return values
+
+
+def seeded_split(
+    items: Sequence[T], fractions: Sequence[float], seed: int, key: Callable[[T], Hashable] | None = None
+) -> dict[str, list[T]]:
+    """Train/val/test: items sorted by `key`, shuffled with `seed`, cut at the fractions (which must sum to 1).
+
+    Sorting first makes the split depend on the items, not on the order a directory listing returned them.
+    """
+    train, val, _ = check_split_fractions(fractions)
+    ordered = sorted(items, key=key)
+    random.Random(seed).shuffle(ordered)
+    n_train = round(len(ordered) * train)
+    n_val = round(len(ordered) * val)
+    return {
+        "train": ordered[:n_train],
+        "val": ordered[n_train : n_train + n_val],
+        "test": ordered[n_train + n_val :],
+    }
+
+
+def resolve_under(root: Path, relative: str | Path, file: object, record: object) -> Path:
+    """Resolve a path read from `file` under `root`; a path that escapes the root is a DataError."""
+    root = Path(root).resolve()
+    candidate = (root / relative).resolve()
+    if not candidate.is_relative_to(root):
+        raise DataError(file, record, f"path '{relative}' escapes the data root {root}", "fix the path in the file")
+    return candidate
+
+
+@dataclass
+class RecordPolicy:
+    """Applies `data.on_error`: raise the first DataError, or skip the record and count why."""
+
+    on_error: OnError = "raise"
+    skipped: list[DataError] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.on_error not in ("raise", "skip"):
+            raise ValueError(f"data.on_error must be 'raise' or 'skip', got {self.on_error!r}")
+
+    def reject(self, error: DataError) -> None:
+        """Raise `error`, or remember it as a skipped record."""
+        if self.on_error == "raise":
+            raise error
+        self.skipped.append(error)
+
+    def skipped_by_reason(self) -> dict[str, int]:
+        """How many records were skipped, by what was wrong with them."""
+        return dict(Counter(error.what.split(":")[0] for error in self.skipped))
