@@ -17,6 +17,7 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset
 
 from vigil.core.batch import Batch
+from vigil.core.config import unpacks
 from vigil.core.guardrails import AuditReport
 from vigil.core.sampling import evaluation_sampler
 from vigil.core.synthetic import ensure_synthetic, synthetic_folder
@@ -40,7 +41,13 @@ class TaskDataModule(pl.LightningDataModule, ABC):
     """
 
     batch_type: ClassVar[type[Batch]]
-    synthetic_type: ClassVar[type | None] = None
+    synthetic_type: ClassVar[type[SyntheticSpec] | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # `data.synthetic` is unpacked into the spec: its keys are checked with the rest of the config.
+        if cls.synthetic_type is not None:
+            unpacks(synthetic=cls.synthetic_type)(cls)
 
     def __init__(
         self,

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
 from vigil.core.batch import check_forward_accepts
-from vigil.core.config import check_target_arguments, check_task_options
+from vigil.core.config import validate_config
 from vigil.core.errors import AuditError, VigilError
 from vigil.core.guardrails import AuditReport
 from vigil.core.loggers import RunIdentity, finish, open_identity_fields, run_identity
@@ -29,9 +29,9 @@ log = logging.getLogger(__name__)
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check the composition before any work: task-owned options, and every `_target_`'s arguments."""
-    check_task_options(cfg, HydraConfig.get().runtime.choices)
-    check_target_arguments(cfg)
+    """Check the composition before any work: task-owned options, every `_target_`'s arguments and the dicts
+    they unpack, the health thresholds; all problems at once."""
+    validate_config(cfg, HydraConfig.get().runtime.choices)
 
 
 def build_module(cfg: DictConfig) -> pl.LightningModule:
