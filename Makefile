@@ -20,11 +20,14 @@ install: .venv/.installed ## Create .venv from uv.lock
 train: install ## Train the default experiment on the embedded data (ARGS="task=... loss=..." to override)
 	$(RUN) vigil-train $(ARGS)
 
+# Both cores: most tests are single-threaded runs of the command line.
+PYTEST := $(RUN) pytest -q -n 2
+
 test: install ## The test suite (excludes tests marked slow)
-	$(RUN) pytest -q $(ARGS)
+	$(PYTEST) $(ARGS)
 
 test-all: install ## Every test, the slow ones too
-	$(RUN) pytest -q -m "" $(ARGS)
+	$(PYTEST) -m "" $(ARGS)
 
 lint: install ## ruff lint and format check
 	$(RUN) ruff check src tests benchmarks

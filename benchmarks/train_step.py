@@ -25,10 +25,10 @@ from torch.utils.data import DataLoader
 
 from benchmarks.common import Row, median, spread
 from vigil.core.guardrails import HealthMonitor
-from vigil.tasks.segmentation.data import SegmentationBatch
-from vigil.tasks.segmentation.masking import AnnotatedOnly
+from vigil.tasks.segmentation.masking import AnnotatedOnlyMasking
 from vigil.tasks.segmentation.model import smp_model
 from vigil.tasks.segmentation.module import SegmentationModule
+from vigil.tasks.segmentation.records import SegmentationBatch
 from vigil.train import CONF_DIR
 
 NAME = "train_step"
@@ -163,7 +163,7 @@ def measure(setup: Setup, rounds: int, warmup: int, steps: int) -> tuple[list[fl
     module = SegmentationModule(
         model=copy.deepcopy(setup.model),
         loss=copy.deepcopy(setup.loss),
-        masking=AnnotatedOnly(),
+        masking=AnnotatedOnlyMasking(),
         optimizer=setup.optimizer,
         num_classes=1,
     )

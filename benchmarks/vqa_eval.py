@@ -21,8 +21,10 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from benchmarks.common import Row, median, spread, timed
-from vigil.tasks.vqa import metrics
-from vigil.tasks.vqa.metrics import NUMERIC_TYPES, PerTypeAccuracy, answers_match
+from vigil.tasks.vqa import answers
+from vigil.tasks.vqa.answers import answers_match
+from vigil.tasks.vqa.metrics import PerTypeAccuracy
+from vigil.tasks.vqa.question_types import NUMERIC_TYPES
 
 if TYPE_CHECKING:
     import pint
@@ -74,7 +76,7 @@ def restyled(answer: str, question_type: str, rng: random.Random) -> str:
     if question_type == "yes_no":
         return rng.choice(YES_NO_STYLES[answer])
     if question_type == "count_numeric":
-        return rng.choice([answer, metrics.ONES[int(answer)], f"{answer} polyps"])
+        return rng.choice([answer, answers.ONES[int(answer)], f"{answer} polyps"])
     if question_type == "size_numeric":
         free = rng.choice([f"{rng.uniform(1, 30):.1f} mm", f"{rng.uniform(0.1, 3):.2f} cm"])
         return rng.choice([answer, SIZE_STYLES.get(answer, answer), free])
@@ -83,17 +85,17 @@ def restyled(answer: str, question_type: str, rng: random.Random) -> str:
 
 def clear_caches() -> None:
     """Forget every parsed answer and unit conversion (the pint registry itself is kept)."""
-    for cached in (metrics.normalize_answer, metrics.parse_count, metrics.parse_size, metrics.unit_name):
+    for cached in (answers.normalize_answer, answers.parse_count, answers.parse_size, answers.unit_name):
         cached.cache_clear()
-    metrics.conversion.cache_clear()
+    answers.conversion.cache_clear()
 
 
 def vigil_table(data: list[Triple]) -> list[tuple[str, int, int, float]]:
     """Per-type table from PerTypeAccuracy, fed in evaluation-sized batches."""
     metric = PerTypeAccuracy(abs_tol=ABS_TOL, rel_tol=REL_TOL)
     for start in range(0, len(data), BATCH):
-        predictions, answers, question_types = zip(*data[start : start + BATCH], strict=True)
-        metric.update(predictions, answers, question_types)
+        predictions, truths, question_types = zip(*data[start : start + BATCH], strict=True)
+        metric.update(predictions, truths, question_types)
     metric.compute()
     return metric.table()
 
@@ -128,18 +130,18 @@ def reference_match(prediction: str, truth: str, question_type: str, registry: p
 
 def text_items(text: str) -> set[str]:
     """The set of normalised list items of an answer."""
-    items = (metrics.clean(item) for item in metrics.LIST_SEPARATOR.split(metrics.clean(text)))
-    return {metrics.YES_NO_SYNONYMS.get(item, item) for item in items} - {""}
+    items = (answers.clean(item) for item in answers.LIST_SEPARATOR.split(answers.clean(text)))
+    return {answers.YES_NO_SYNONYMS.get(item, item) for item in items} - {""}
 
 
 def pint_bounds(text: str, question_type: str, registry: pint.UnitRegistry) -> Bounds | None:
     """(low, high, low_open, high_open) as pint Quantities, or None when the text is not a quantity."""
     import pint
 
-    text = metrics.numbers_from_words(metrics.clean(text))
+    text = answers.numbers_from_words(answers.clean(text))
     if question_type == "count_numeric":
-        text = metrics.NO_COUNT.sub("0", text)
-    written = metrics.read_quantity(text)
+        text = answers.NO_COUNT.sub("0", text)
+    written = answers.read_quantity(text)
     if written is None:
         return None
     if question_type == "count_numeric":
@@ -177,7 +179,7 @@ def margin(bound: Any) -> Any:
 
 def slack(bound: Any) -> Any:
     """Float rounding slack at a true bound, as the metric allows."""
-    return 0 * bound.units if math.isinf(bound.magnitude) else metrics.ROUNDING * abs(bound.magnitude) * bound.units
+    return 0 * bound.units if math.isinf(bound.magnitude) else answers.ROUNDING * abs(bound.magnitude) * bound.units
 
 
 def pint_contains(expected: Bounds, value: Any) -> bool:
@@ -202,7 +204,7 @@ def pint_bounds_agree(given: Any, expected: Any) -> bool:
 def vqa_eval(args: Any) -> list[Row]:
     """Median answers/second of each side over `args.rounds` alternated rounds, the speed-up, and agreement."""
     data = triples()
-    registry = metrics.unit_registry()
+    registry = answers.unit_registry()
     cold, warm, reference = [], [], []
     for _ in range(args.rounds):
         clear_caches()

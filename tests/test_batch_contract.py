@@ -6,13 +6,13 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-from vigil.core.batch import check_forward_accepts, fields_with_role, meta, model_input, target
+from vigil.core.batch import Batch, check_forward_accepts, fields_with_role, meta, model_input, target
 from vigil.core.errors import ConfigError
-from vigil.tasks.segmentation.data import SegmentationBatch
 from vigil.tasks.segmentation.losses import bce
-from vigil.tasks.segmentation.masking import AnnotatedOnly
+from vigil.tasks.segmentation.masking import AnnotatedOnlyMasking
 from vigil.tasks.segmentation.model import SegmentationModel, smp_model
 from vigil.tasks.segmentation.module import SegmentationModule
+from vigil.tasks.segmentation.records import SegmentationBatch
 
 
 def tiny_network():
@@ -108,7 +108,7 @@ class SpyModel(SegmentationModel):
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 def test_training_step_hands_the_model_only_its_input_fields():
     spy = SpyModel(tiny_network())
-    module = SegmentationModule(spy, bce(1), AnnotatedOnly(), partial(torch.optim.SGD, lr=0.1))
+    module = SegmentationModule(spy, bce(1), AnnotatedOnlyMasking(), partial(torch.optim.SGD, lr=0.1))
     mask = torch.zeros(2, 32, 32, dtype=torch.long)
     mask[0, 8:16, 8:16] = 1
     batch = SegmentationBatch(
@@ -123,3 +123,40 @@ def test_training_step_hands_the_model_only_its_input_fields():
     assert set(kwargs) == {"image"}
     assert kwargs["image"] is batch.image
     assert torch.isfinite(output["loss"])
+
+
+@dataclass
+class ImageAndDepthBatch(Batch):
+    image: torch.Tensor = model_input()
+    depth: torch.Tensor = model_input()
+    label: torch.Tensor = target()
+    name: list[str] = meta()
+
+    def __len__(self) -> int:
+        return self.image.shape[0]
+
+
+def depth_batch() -> ImageAndDepthBatch:
+    return ImageAndDepthBatch(torch.zeros(3, 1), torch.ones(3, 1), torch.tensor([0, 1, 2]), ["a", "b", "c"])
+
+
+def test_model_inputs_are_exactly_the_input_fields():
+    batch = depth_batch()
+    inputs = batch.model_inputs()
+    assert list(inputs) == ["image", "depth"]
+    assert inputs["image"] is batch.image and inputs["depth"] is batch.depth
+
+
+def test_a_model_not_taking_an_input_field_fails_where_it_is_called():
+    class TakesImage(nn.Module):
+        def forward(self, image):
+            return image
+
+    with pytest.raises(TypeError, match="unexpected keyword argument 'depth'"):
+        TakesImage()(**depth_batch().model_inputs())
+
+
+def test_first_cuts_every_field_to_the_first_samples():
+    first = depth_batch().first(2)
+    assert len(first) == 2
+    assert first.label.tolist() == [0, 1] and first.name == ["a", "b"]

@@ -13,13 +13,7 @@ from PIL import Image
 
 from vigil.core.errors import DataError
 from vigil.core.files import RecordPolicy
-from vigil.tasks.cape.data import (
-    CapeDataModule,
-    Instance,
-    collate_episodes,
-    read_split_file,
-    split_file_path,
-)
+from vigil.tasks.cape.data import CapeDataModule, collate_episodes, read_split_file, split_file_path
 from vigil.tasks.cape.episodes import (
     Augmentation,
     Episode,
@@ -30,7 +24,7 @@ from vigil.tasks.cape.episodes import (
     evaluation_episodes,
 )
 from vigil.tasks.cape.masking import AllKeypointsMasking, VisibleMasking
-from vigil.tasks.cape.synthetic import SyntheticCape, ensure_synthetic_cape
+from vigil.tasks.cape.records import CapeBatch, CapeContext, Instance
 
 CATEGORIES = [
     {"id": 7, "name": "cat_face", "keypoints": ["left_eye", "right_eye", "nose"], "skeleton": [[0, 1], [1, 2]]},
@@ -271,8 +265,7 @@ def test_synthetic_data_has_disjoint_category_splits_read_by_the_real_loader(syn
     used = {split: set(file.used_categories) for split, file in module.files.items()}
     assert [len(used[s]) for s in ("train", "val", "test")] == [4, 2, 2]
     assert not (used["train"] & used["val"]) and not (used["train"] & used["test"]) and not (used["val"] & used["test"])
-    root = ensure_synthetic_cape(synthetic_cache, SyntheticCape(**spec))
-    content = json.loads((root / "annotations/mp100_split1_train.json").read_text())
+    content = json.loads((module.data_root / "annotations/mp100_split1_train.json").read_text())
     visibility = np.array([v for a in content["annotations"] for v in a["keypoints"][2::3]])
     assert set(visibility.tolist()) == {0, 1, 2}
     unlabelled = [
@@ -286,18 +279,52 @@ def test_synthetic_data_has_disjoint_category_splits_read_by_the_real_loader(syn
     assert batch.query_images.shape[1:] == (3, 32, 32) and torch.isfinite(batch.query_keypoints).all()
 
 
-def audit_of(tmp_path: Path, masking, val_content: dict | None = None):
-    """The audit of a data root whose train split is `mp100_content()`, its val and test `val_content`."""
+def data_module(tmp_path: Path, val_content: dict | None = None) -> CapeDataModule:
+    """A DataModule on a data root whose train split is `mp100_content()`, its val and test `val_content`."""
     write_file(tmp_path, mp100_content(), "train")
     other = val_content or {"images": [], "annotations": [], "categories": CATEGORIES}
     write_file(tmp_path, other, "val")
     write_file(tmp_path, other, "test")
-    module = CapeDataModule(str(tmp_path), image_size=32, shots=1, queries=2, episodes=2, episodes_per_epoch=20)
-    return module.audit(masking)
+    return CapeDataModule(
+        str(tmp_path), image_size=32, shots=1, queries=2, episodes=2, episodes_per_epoch=20, batch_size=4
+    )
+
+
+def audit_of(tmp_path: Path, masking, val_content: dict | None = None):
+    """The audit of `data_module(tmp_path, val_content)`."""
+    return data_module(tmp_path, val_content).audit(masking)
+
+
+def test_training_dataset_holds_the_first_epoch_of_the_sampler_that_draws_the_batches(tmp_path: Path):
+    module = data_module(tmp_path)
+    dataset = module.dataset("train")
+    batches = module.training_batches(dataset)
+    assert batches["batch_size"] == 4 and batches["drop_last"] is True
+    # `overfit_batches` reads the dataset by index: it must see the episodes the sampler draws in epoch 0.
+    assert dataset.episodes == list(batches["sampler"]) and len(dataset) == 20
+    loader = module.train_dataloader()
+    assert isinstance(loader.sampler, TrainingEpisodes)
+    batch = next(iter(loader))
+    assert isinstance(batch, CapeBatch) and len(batch) == 4
+    assert module.collate("val") is collate_episodes
+
+
+def test_context_names_every_category_of_every_split(tmp_path: Path):
+    assert data_module(tmp_path).context() == CapeContext({7: "cat_face", 9: "chair"})
+
+
+def test_missing_split_file_is_one_line_naming_it(tmp_path: Path):
+    write_file(tmp_path, mp100_content(), "train")
+    module = CapeDataModule(str(tmp_path))
+    with pytest.raises(DataError) as caught:
+        module.setup()
+    path = split_file_path(tmp_path, "annotations", 1, "val")
+    assert str(caught.value) == f"{path}: file not found (check data.root and data.split)"
 
 
 def test_audit_counts_visibility_per_category_and_warns_when_masking_trains_unlabelled_keypoints(tmp_path: Path):
     visible = audit_of(tmp_path, VisibleMasking())
+    assert [visible.splits[split]["samples"] for split in ("train", "val", "test")] == [6, 0, 0]
     cat_face = visible.splits["train"]["per_category"]["cat_face"]
     assert cat_face == {
         "instances": 3,

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from vigil.core.batch import check_forward_accepts, fields_with_role
-from vigil.tasks.cape.data import CapeBatch
-from vigil.tasks.cape.health import health_stats, supervision_alerts
+from vigil.tasks.cape.health import health_alerts, health_stats
 from vigil.tasks.cape.losses import L1HeatmapLoss
 from vigil.tasks.cape.masking import VisibleMasking
 from vigil.tasks.cape.model import CapeModel, cape_model, sine_encoding, support_keypoint_features
 from vigil.tasks.cape.module import CapeModule, support_coordinates, to_original
+from vigil.tasks.cape.records import CapeBatch, CapeContext
 
 SMALL = {"backbone": "resnet18", "feature_indices": (1, 2), "dim": 32, "decoder_heads": 2, "decoder_layers": 1}
 
@@ -62,16 +62,36 @@ def test_batch_inputs_match_the_model_forward_and_exclude_query_visibility():
     check_forward_accepts(cape_model(**SMALL), CapeBatch)
 
 
-@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
-def test_training_step_hands_the_model_only_its_input_fields():
+def module_around(model: CapeModel) -> CapeModule:
+    return CapeModule(model, L1HeatmapLoss(), VisibleMasking(), partial(torch.optim.AdamW, lr=1e-3))
+
+
+def test_training_loss_hands_the_model_only_its_input_fields_and_the_monitor_detached_outputs():
     spy = SpyModel(cape_model(**SMALL))
-    module = CapeModule(spy, L1HeatmapLoss(), VisibleMasking(), partial(torch.optim.AdamW, lr=1e-3))
     batch = tiny_batch()
-    output = module.training_step(batch, 0)
+    result = module_around(spy).training_loss(batch)
     ((args, kwargs),) = spy.calls
     assert args == () and set(kwargs) == set(fields_with_role(CapeBatch, "input"))
     assert kwargs["support_images"] is batch.support_images
-    assert torch.isfinite(output["loss"]) and output["weight"][0, 1] == 0
+    assert torch.isfinite(result.loss) and result.loss.requires_grad
+    assert set(result.outputs) == {"weight", "keypoints"} and result.outputs["weight"][0, 1] == 0
+    assert not any(value.requires_grad for value in result.outputs.values())
+
+
+def test_evaluation_values_name_categories_from_the_context_and_count_the_queries():
+    module = module_around(cape_model(**SMALL)).eval()
+    module.use_context(CapeContext({3: "cat face", 4: "chair"}))
+    batch = tiny_batch()
+    with torch.no_grad():
+        module.evaluate(batch, "test", 0)
+        module.evaluate(batch, "test", 1)
+    values = module.split_values(module.metrics["test"].compute(), module.baselines["test"].compute())
+    assert set(values) == {
+        "pck", "mpck", "pck_query_mean", "samples", "pck_support_baseline", "pck/cat_face", "pck/chair"
+    }  # fmt: skip
+    assert values["samples"] == 4 and module.picture_rows == [], "pictures come from validation only"
+    module.evaluate(batch, "val", 0)
+    assert [row.category for row in module.picture_rows] == ["a", "b"]
 
 
 @pytest.mark.parametrize("head", ["heatmap", "transformer"])
@@ -153,10 +173,12 @@ def test_supervised_keypoint_monitor_alerts_at_zero_only():
     keypoints = torch.rand(1, 3, 2)
     stats = health_stats(torch.tensor([[1.0, 0.0, 0.0]]), mask, keypoints)
     assert stats["supervised_kpts"] == 1.0 and stats["supervised_fraction"] == 0.5
-    assert supervision_alerts(stats, min_supervised_kpts=1) == {}
+    assert health_alerts(stats, min_supervised_kpts=1) == {}
     silent = health_stats(torch.zeros(1, 3), mask, keypoints)
-    (name, message), *_ = supervision_alerts(silent, min_supervised_kpts=1).items()
+    (name, message), *_ = health_alerts(silent, min_supervised_kpts=1).items()
     assert name == "no_supervised_keypoints" and message.startswith("0 supervised keypoints in the batch")
+    assert CapeModule.alert_rule is health_alerts
+    assert module_around(cape_model(**SMALL)).health_alerts(silent, {"min_supervised_kpts": 1}).keys() == {name}
 
 
 def test_position_encoding_keeps_nearby_points_close_and_distant_points_apart():

@@ -10,7 +10,7 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from vigil.core.config import TASK_GROUPS, check_target_arguments, check_task_options
+from vigil.core.config import TASK_GROUPS, check_target_arguments, check_task_options, validate_config
 from vigil.core.errors import ConfigError
 from vigil.train import CONF_DIR
 
@@ -30,8 +30,7 @@ def compose_train(overrides: list[str], config: str = "train") -> tuple[DictConf
 
 
 def validate(cfg: DictConfig, choices: dict) -> None:
-    check_task_options(cfg, choices)
-    check_target_arguments(cfg)
+    validate_config(cfg, choices)
 
 
 def options(group: str) -> list[str]:
@@ -138,3 +137,43 @@ def test_misspelled_key_in_a_config_file_fails_naming_the_target_and_valid_keys(
 def test_unknown_option_lists_the_available_ones():
     with pytest.raises(ConfigCompositionException, match=r"(?s)Could not find 'loss/dicee'.*Available options"):
         compose_train(["loss=dicee"])
+
+
+def test_misspelled_key_of_an_unpacked_dict_fails_before_any_work():
+    cfg, choices = compose_train(["+data.synthetic.num_imgs=10"])
+    with pytest.raises(ConfigError) as raised:
+        validate(cfg, choices)
+    assert str(raised.value).startswith("data.synthetic: SyntheticSegmentation takes no key num_imgs; valid: ")
+    assert "\n" not in str(raised.value), "one problem, one line"
+
+
+def test_misspelled_health_threshold_fails_naming_the_valid_ones():
+    cfg, choices = compose_train(["+callbacks.health_monitor.thresholds.segmentation.colapse_ratio=0.2"])
+    with pytest.raises(ConfigError) as raised:
+        validate(cfg, choices)
+    assert str(raised.value) == (
+        "callbacks.health_monitor.thresholds.segmentation: health_alerts takes no key colapse_ratio; "
+        "valid: collapse_ratio, min_target_mean"
+    )
+
+
+def test_missing_health_threshold_is_named():
+    cfg, choices = compose_train([])
+    with open_dict(cfg):
+        del cfg.callbacks.health_monitor.thresholds.segmentation.min_target_mean
+    with pytest.raises(ConfigError, match=r"thresholds\.segmentation: health_alerts needs min_target_mean$"):
+        validate(cfg, choices)
+
+
+def test_every_problem_of_a_composition_is_reported_together():
+    cfg, choices = compose_train(["loss=bce", "+data.synthetic.num_imgs=10"])
+    cfg.task.options.loss = ["dice"]
+    with open_dict(cfg):
+        cfg.loss.smoth = 1.0
+    with pytest.raises(ConfigError) as raised:
+        validate(cfg, choices)
+    lines = str(raised.value).splitlines()
+    assert lines[0] == "3 problems in the composition:"
+    assert lines[1].strip().startswith("loss=bce is not an option of task=segmentation")
+    assert any("takes no argument smoth" in line for line in lines[2:])
+    assert any("takes no key num_imgs" in line for line in lines[2:])

@@ -14,15 +14,10 @@ from transformers import AutoTokenizer
 
 from vigil.core.errors import DataError
 from vigil.core.files import RecordPolicy
-from vigil.tasks.contrastive.data import (
-    CaptionBatchSampler,
-    CaptionDataModule,
-    build_catalog,
-    find_annotation_file,
-    read_listings,
-)
-from vigil.tasks.contrastive.masking import Diagonal, SameImage
-from vigil.tasks.contrastive.synthetic import TEMPLATES, SyntheticCaptions, ensure_synthetic_captions
+from vigil.tasks.contrastive.data import ContrastiveDataModule, build_catalog, find_annotation_file, read_listings
+from vigil.tasks.contrastive.masking import DiagonalMasking, SameImageMasking
+from vigil.tasks.contrastive.sampler import CaptionBatchSampler
+from vigil.tasks.contrastive.synthetic import TEMPLATES, karpathy_record
 
 # Real Flickr30k file names; one image has three captions, not five, and one is in the `restval` split.
 ENTRIES = [
@@ -41,13 +36,6 @@ def write_images(root: Path, names: list[str]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for index, name in enumerate(names):
         Image.new("RGB", (8, 8), (30 * index, 100, 200)).save(folder / name)
-
-
-def karpathy_record(index: int, filename: str, split: str, captions: list[str]) -> dict:
-    sentences = [
-        {"raw": c, "tokens": c.split(), "imgid": index, "sentid": 5 * index + n} for n, c in enumerate(captions)
-    ]
-    return {"filename": filename, "imgid": index, "split": split, "sentids": [5 * index], "sentences": sentences}
 
 
 def write_karpathy(root: Path, entries=ENTRIES, name: str = FILES["karpathy"]) -> Path:
@@ -99,9 +87,9 @@ def summary(catalog) -> dict[str, list[tuple[str, int, tuple[str, ...]]]]:
     }
 
 
-def datamodule(root: Path, tmp_path: Path, **overrides) -> CaptionDataModule:
+def datamodule(root: Path, tmp_path: Path, **overrides) -> ContrastiveDataModule:
     arguments = dict(root=str(root), cache_dir=str(tmp_path / "cache"), image_size=16, batch_size=4, vocab_size=200)
-    return CaptionDataModule(**(arguments | overrides))
+    return ContrastiveDataModule(**(arguments | overrides))
 
 
 def data_error(tmp_path: Path, entries=ENTRIES, format: str = "karpathy") -> str:
@@ -287,7 +275,7 @@ def test_skip_policy_counts_bad_records_in_the_audit(tmp_path: Path):
     root = flickr(tmp_path / "data", entries=entries)
     (root / "flickr30k-images" / "20000001.jpg").unlink()
     data = datamodule(root, tmp_path, on_error="skip")
-    report = data.audit(SameImage())
+    report = data.audit(SameImageMasking())
     facts = report.splits["all"]
     assert facts["skipped"] == 3
     assert facts["missing_image_files"] == 1 and facts["images_without_captions"] == 1
@@ -300,17 +288,21 @@ def test_skip_policy_counts_bad_records_in_the_audit(tmp_path: Path):
 
 def test_audit_refuses_diagonal_masking_with_k_captions(tmp_path: Path):
     data = datamodule(flickr(tmp_path / "data"), tmp_path, sampler="k_captions", k=2, batch_size=4)
-    report = data.audit(Diagonal())
+    report = data.audit(DiagonalMasking())
     assert report.splits["train"]["same_image_negatives_per_batch"] > 0
     (error,) = report.errors
-    assert "masking=Diagonal gives each pair an id of its own" in error
+    assert "masking=DiagonalMasking gives each pair an id of its own" in error
     assert "same-image pairs per batch are trained as negatives" in error
     assert "(use masking=same_image, or data.sampler=unique_images)" in error
 
 
 @pytest.mark.parametrize(
     ("sampler", "masking", "positives"),
-    [("k_captions", SameImage(), 2.0), ("unique_images", Diagonal(), 1.0), ("unique_images", SameImage(), 1.0)],
+    [
+        ("k_captions", SameImageMasking(), 2.0),
+        ("unique_images", DiagonalMasking(), 1.0),
+        ("unique_images", SameImageMasking(), 1.0),
+    ],
     ids=["k_captions-same_image", "unique_images-diagonal", "unique_images-same_image"],
 )
 def test_audit_accepts_positives_that_follow_the_image_ids(tmp_path: Path, sampler, masking, positives):
@@ -356,13 +348,21 @@ def test_tokenizer_is_trained_on_training_captions_and_loads_from_the_cache(tmp_
     data = datamodule(root, tmp_path)
     data.setup()
     (folder,) = (tmp_path / "cache").glob("tokenizer-*")
-    assert data.tokenizer.name_or_path == str(folder)
+    assert data.context().tokenizer.name_or_path == str(folder)
     reloaded = AutoTokenizer.from_pretrained(folder)
     tokens = reloaded("Two young guys outside")["input_ids"]
     assert reloaded.convert_ids_to_tokens(tokens) == ["[CLS]", "two", "young", "guys", "outside", "[SEP]"]
     again = datamodule(root, tmp_path)
     again.setup()
     assert list((tmp_path / "cache").glob("tokenizer-*")) == [folder]
+
+
+def test_context_gives_the_tokenizer_and_the_validation_images_by_id(tmp_path: Path):
+    data = datamodule(flickr(tmp_path / "data"), tmp_path)
+    context = data.context()
+    (record,) = data.catalog.splits["val"]
+    assert context.val_images == {record.img_id: record.path}
+    assert context.tokenizer is data.tokenizer
 
 
 def test_training_batches_are_pairs_of_one_caption_per_image(tmp_path: Path):
@@ -375,12 +375,15 @@ def test_training_batches_are_pairs_of_one_caption_per_image(tmp_path: Path):
 
 
 def test_synthetic_data_is_karpathy_json_read_back_by_the_loader(tmp_path: Path):
-    spec = SyntheticCaptions(num_images=20, image_size=32)
-    root = ensure_synthetic_captions(tmp_path, spec)
-    catalog = catalog_of(root, "karpathy")
-    assert sum(len(records) for records in catalog.splits.values()) == 20
-    record = catalog.splits["train"][0]
+    data = datamodule(tmp_path / "synthetic", tmp_path, synthetic={"num_images": 20, "image_size": 32})
+    data.prepare_data()
+    root = data.data_root
+    assert (root / "dataset_flickr30k.json").is_file()
+    data.setup()
+    assert sum(len(records) for records in data.catalog.splits.values()) == 20
+    record = data.catalog.splits["train"][0]
     assert len(set(record.captions)) == len(TEMPLATES) == 5
     with Image.open(record.path) as image:
         assert image.size == (32, 32)
-    assert ensure_synthetic_captions(tmp_path, spec) == root
+    data.prepare_data()
+    assert list((tmp_path / "synthetic").iterdir()) == [root], "written once"

@@ -13,15 +13,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from vigil.tasks.contrastive.losses import InfoNCE, SigLIP, gather_with_grad
-from vigil.tasks.contrastive.masking import Diagonal, SameImage
+from vigil.tasks.contrastive.masking import DiagonalMasking, SameImageMasking
 
 WORLD = 2
 # Image ids chosen so that captions of one image sit on both ranks (0 and 1 hold 3 and 9 each).
 IDS = torch.tensor([3, 9, 4, 3, 9, 7, 3, 1])
 CASES = {
-    "infonce_same_image": (InfoNCE, SameImage),
-    "infonce_diagonal": (InfoNCE, Diagonal),
-    "siglip_same_image": (SigLIP, SameImage),
+    "infonce_same_image": (InfoNCE, SameImageMasking),
+    "infonce_diagonal": (InfoNCE, DiagonalMasking),
+    "siglip_same_image": (SigLIP, SameImageMasking),
 }
 
 

@@ -39,7 +39,7 @@ def reference(images, image_ids, texts, caption_ids):
     return results
 
 
-def computed(images, image_ids, texts, caption_ids, chunk_size=1024, batches=1):
+def computed(images, image_ids, texts, caption_ids, chunk_size=1024, batches=1, counts=False):
     metric = RetrievalRecall(KS, chunk_size)
     image_parts = torch.tensor_split(torch.arange(len(image_ids)), batches)
     for part in image_parts:
@@ -51,7 +51,8 @@ def computed(images, image_ids, texts, caption_ids, chunk_size=1024, batches=1):
             torch.tensor(texts)[captions],
             torch.tensor(caption_ids)[captions],
         )
-    return {name: value.item() for name, value in metric.compute().items()}
+    values = {name: value.item() for name, value in metric.compute().items()}
+    return values if counts else {name: value for name, value in values.items() if name not in ("samples", "captions")}
 
 
 def uneven_split(seed: int = 0):
@@ -102,6 +103,13 @@ def test_an_image_hits_with_any_of_its_captions():
     got = computed(images, [0, 1], texts, [0, 0, 1])
     assert got["r1_i2t"] == 100.0
     assert got["r1_t2i"] == pytest.approx(200 / 3)
+
+
+def test_samples_and_captions_count_what_was_scored():
+    images, image_ids, texts, caption_ids = uneven_split()
+    got = computed(images, image_ids, texts, caption_ids, batches=3, counts=True)
+    assert got["samples"] == len(image_ids) == 12
+    assert got["captions"] == len(caption_ids)
 
 
 @pytest.mark.filterwarnings("ignore:The ``compute`` method of metric RetrievalRecall was called before")

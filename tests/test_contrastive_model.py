@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from vigil.core.batch import check_forward_accepts, fields_with_role
-from vigil.tasks.contrastive.data import ContrastiveBatch
-from vigil.tasks.contrastive.health import collapse_alerts, health_stats
+from vigil.core.errors import ConfigError
+from vigil.tasks.contrastive.health import health_alerts, health_stats
 from vigil.tasks.contrastive.losses import InfoNCE
-from vigil.tasks.contrastive.masking import SameImage
+from vigil.tasks.contrastive.masking import SameImageMasking
 from vigil.tasks.contrastive.model import DualEncoder, dual_encoder
 from vigil.tasks.contrastive.module import ContrastiveModule
+from vigil.tasks.contrastive.records import ContrastiveBatch, ContrastiveContext
+from vigil.train import CONF_DIR
 
 
 def tiny_encoder(**overrides) -> DualEncoder:
@@ -54,7 +58,7 @@ def test_batch_fields_and_the_model_forward_agree():
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 def test_training_step_hands_the_model_only_its_input_fields():
     spy = SpyEncoder(tiny_encoder())
-    module = ContrastiveModule(spy, InfoNCE(), SameImage(), partial(torch.optim.AdamW, lr=1e-3))
+    module = ContrastiveModule(spy, InfoNCE(), SameImageMasking(), partial(torch.optim.AdamW, lr=1e-3))
     batch = tiny_batch([4, 4, 9])
     output = module.training_step(batch, 0)
     ((args, kwargs),) = spy.calls
@@ -97,7 +101,9 @@ def test_text_tower_drops_the_unused_pooler_so_every_parameter_gets_a_gradient()
 
 
 def test_no_weight_decay_on_biases_gains_and_the_temperature():
-    module = ContrastiveModule(tiny_encoder(), InfoNCE(), SameImage(), partial(torch.optim.AdamW, weight_decay=0.1))
+    module = ContrastiveModule(
+        tiny_encoder(), InfoNCE(), SameImageMasking(), partial(torch.optim.AdamW, weight_decay=0.1)
+    )
     decayed, free = module.configure_optimizers().param_groups
     assert decayed["weight_decay"] == 0.1 and free["weight_decay"] == 0.0
     assert any(p is module.model.logit_scale for p in free["params"])
@@ -120,10 +126,28 @@ def test_collapse_alert_fires_on_collapsed_embeddings_only():
     ids = torch.arange(256)
     healthy = health_stats(spread, spread, ids, ids, torch.tensor(14.3))
     assert healthy["img_std"] == pytest.approx(1 / math.sqrt(dim), rel=0.1)
-    assert collapse_alerts(healthy, dim, std_ratio=0.1, max_logit_scale=99.5) == {}
-    alerts = collapse_alerts(health_stats(collapsed, spread, ids, ids, torch.tensor(100.0)), dim, 0.1, 99.5)
+    assert health_alerts(healthy, dim, std_ratio=0.1, max_logit_scale=99.5) == {}
+    stats = health_stats(collapsed, spread, ids, ids, torch.tensor(100.0))
+    alerts = health_alerts(stats, dim, std_ratio=0.1, max_logit_scale=99.5)
     assert set(alerts) == {"image_collapse", "logit_scale_at_clamp"}
     assert "collapsing to one point" in alerts["image_collapse"]
+
+
+def test_module_judges_health_with_the_configured_thresholds_and_its_embedding_width():
+    config = OmegaConf.load(Path(CONF_DIR) / "callbacks" / "health.yaml")
+    thresholds = dict(config.health_monitor.thresholds.contrastive)
+    assert ContrastiveModule.alert_rule is health_alerts
+    module = ContrastiveModule(tiny_encoder(embed_dim=64), InfoNCE(), SameImageMasking(), torch.optim.AdamW)
+    floor = thresholds["std_ratio"] / math.sqrt(64)
+    stats = {"img_std": 0.9 * floor, "txt_std": 1.1 * floor, "logit_scale": 14.3}
+    assert set(module.health_alerts(stats, thresholds)) == {"image_collapse"}
+
+
+def test_a_tokenizer_larger_than_the_text_embeddings_is_refused():
+    module = ContrastiveModule(tiny_encoder(vocab_size=50), InfoNCE(), SameImageMasking(), torch.optim.AdamW)
+    tokenizer = type("Tokenizer", (), {"__len__": lambda self: 51})()
+    with pytest.raises(ConfigError, match="the tokenizer has 51 tokens, the text tower embeds 50"):
+        module.use_context(ContrastiveContext(tokenizer, {}))
 
 
 def test_text_tower_loads_a_saved_checkpoint_through_from_pretrained(tmp_path):

@@ -15,9 +15,9 @@ from pytorch_lightning.trainer.states import TrainerFn
 from vigil.core.errors import HealthAlertError, NonFiniteLossError, SanityOverfitError
 from vigil.core.guardrails import AuditReport, HealthMonitor, SanityOverfit
 from vigil.tasks.segmentation.data import SegmentationDataModule
-from vigil.tasks.segmentation.health import collapse_alerts
+from vigil.tasks.segmentation.health import health_alerts
 from vigil.tasks.segmentation.losses import dice
-from vigil.tasks.segmentation.masking import AnnotatedOnly
+from vigil.tasks.segmentation.masking import AnnotatedOnlyMasking
 from vigil.tasks.segmentation.model import smp_model
 from vigil.tasks.segmentation.module import SegmentationModule
 
@@ -39,7 +39,7 @@ class NanAfter(torch.nn.Module):
 
 def tiny_module(loss: torch.nn.Module) -> SegmentationModule:
     model = smp_model(arch="Unet", encoder="resnet18", encoder_depth=3, decoder_channels=[32, 16, 8])
-    return SegmentationModule(model, loss, AnnotatedOnly(), lambda params: torch.optim.AdamW(params, lr=1e-3))
+    return SegmentationModule(model, loss, AnnotatedOnlyMasking(), lambda params: torch.optim.AdamW(params, lr=1e-3))
 
 
 def test_nan_loss_stops_training_and_the_last_checkpoint_stays_loadable(tmp_path: Path):
@@ -109,9 +109,9 @@ def test_validation_collapse_alerts_per_validation_epoch_during_fit_only():
 
 def test_collapse_is_predicted_foreground_far_below_the_true_one():
     thresholds = {"collapse_ratio": 0.1, "min_target_mean": 0.005}
-    assert "prediction_collapse" in collapse_alerts({"pred_mean": 0.001, "target_mean": 0.07}, **thresholds)
-    assert collapse_alerts({"pred_mean": 0.05, "target_mean": 0.07}, **thresholds) == {}
-    assert collapse_alerts({"pred_mean": 0.0, "target_mean": 0.001}, **thresholds) == {}, "empty targets: no claim"
+    assert "prediction_collapse" in health_alerts({"pred_mean": 0.001, "target_mean": 0.07}, **thresholds)
+    assert health_alerts({"pred_mean": 0.05, "target_mean": 0.07}, **thresholds) == {}
+    assert health_alerts({"pred_mean": 0.0, "target_mean": 0.001}, **thresholds) == {}, "empty targets: no claim"
 
 
 def test_sanity_overfit_passes_below_threshold_and_fails_above():

@@ -1,5 +1,6 @@
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -7,15 +8,20 @@ import pytest
 import torch
 from PIL import Image
 
-from vigil.core.errors import DataError
+from vigil.core.errors import ConfigError, DataError
 from vigil.core.synthetic import COMPLETE_MARKER
-from vigil.tasks.segmentation.data import SegmentationBatch, SegmentationDataModule, collate_segmentation
-from vigil.tasks.segmentation.masking import AllPixels, AnnotatedOnly
-from vigil.tasks.segmentation.synthetic import (
-    SyntheticSegmentation,
-    ensure_synthetic_segmentation,
-    write_synthetic_segmentation,
-)
+from vigil.tasks.segmentation.data import SegmentationDataModule, collate_segmentation
+from vigil.tasks.segmentation.masking import AllPixelsMasking, AnnotatedOnlyMasking
+from vigil.tasks.segmentation.records import SegmentationBatch
+from vigil.tasks.segmentation.synthetic import SyntheticSegmentation
+
+
+def generated_root(base: Path, spec: SyntheticSegmentation) -> Path:
+    """The data set of `spec` under `base`, written through the DataModule as a run writes it."""
+    datamodule = SegmentationDataModule(str(base), synthetic=asdict(spec))
+    datamodule.prepare_data()
+    return datamodule.data_root
+
 
 # seed 1 gives 5 unannotated images out of 24, 3 of them in the default train split.
 SPEC = SyntheticSegmentation(num_images=24, image_size=32, seed=1)
@@ -23,7 +29,7 @@ SPEC = SyntheticSegmentation(num_images=24, image_size=32, seed=1)
 
 @pytest.fixture(scope="module")
 def synthetic_root(tmp_path_factory):
-    return ensure_synthetic_segmentation(tmp_path_factory.mktemp("synthetic"), SPEC)
+    return generated_root(tmp_path_factory.mktemp("synthetic"), SPEC)
 
 
 @pytest.fixture
@@ -67,9 +73,9 @@ def write_png(path, array):
 # --- the generated data set -----------------------------------------------------------------------
 
 
-def test_write_synthetic_segmentation_writes_kvasir_layout(tmp_path):
+def test_synthetic_spec_writes_the_kvasir_layout(tmp_path):
     spec = SyntheticSegmentation(num_images=6, image_size=32, unannotated_fraction=0.5, seed=3)
-    write_synthetic_segmentation(tmp_path / "set", spec)
+    spec.write(tmp_path / "set")
     images = sorted(p.stem for p in (tmp_path / "set" / "images").glob("*.jpg"))
     masks = sorted(p.stem for p in (tmp_path / "set" / "masks").glob("*.jpg"))
     unannotated = unannotated_names(tmp_path / "set")
@@ -78,10 +84,10 @@ def test_write_synthetic_segmentation_writes_kvasir_layout(tmp_path):
     assert not set(masks) & unannotated
 
 
-def test_ensure_synthetic_segmentation_reuses_a_complete_data_set(tmp_path):
-    first = ensure_synthetic_segmentation(tmp_path, SyntheticSegmentation(num_images=4, image_size=32))
+def test_generated_data_set_is_reused_once_complete(tmp_path):
+    first = generated_root(tmp_path, SyntheticSegmentation(num_images=4, image_size=32))
     marker = (first / COMPLETE_MARKER).stat().st_mtime_ns
-    second = ensure_synthetic_segmentation(tmp_path, SyntheticSegmentation(num_images=4, image_size=32))
+    second = generated_root(tmp_path, SyntheticSegmentation(num_images=4, image_size=32))
     assert first == second
     assert (second / COMPLETE_MARKER).stat().st_mtime_ns == marker
     assert json.loads((first / COMPLETE_MARKER).read_text())["num_images"] == 4
@@ -112,7 +118,7 @@ def test_unannotated_images_come_back_unannotated(synthetic_root):
 
 def test_counts_match_the_manifest(synthetic_root):
     datamodule = make_datamodule(synthetic_root)
-    report = datamodule.audit(AnnotatedOnly())
+    report = datamodule.audit(AnnotatedOnlyMasking())
     manifest = json.loads((synthetic_root / COMPLETE_MARKER).read_text())
     totals = {key: sum(s[key] for s in report.splits.values()) for key in ("samples", "annotated", "unannotated")}
     assert totals["samples"] == manifest["num_images"] == len(list((synthetic_root / "images").glob("*.jpg")))
@@ -128,19 +134,19 @@ def test_threshold_masks_decode_to_zero_and_one(synthetic_root):
     assert values.tolist() == [0, 1]
 
 
-def test_split_by_seed_is_deterministic(synthetic_root):
+def test_seeded_split_is_deterministic(synthetic_root):
     assert split_names(make_datamodule(synthetic_root, split_seed=7)) == split_names(
         make_datamodule(synthetic_root, split_seed=7)
     )
 
 
-def test_split_by_seed_depends_on_the_seed(synthetic_root):
+def test_seeded_split_depends_on_the_seed(synthetic_root):
     assert split_names(make_datamodule(synthetic_root, split_seed=7)) != split_names(
         make_datamodule(synthetic_root, split_seed=8)
     )
 
 
-def test_split_by_seed_is_disjoint_covers_all_and_follows_fractions(synthetic_root):
+def test_seeded_split_is_disjoint_covers_all_and_follows_fractions(synthetic_root):
     splits = split_names(make_datamodule(synthetic_root, split_fractions=(0.5, 0.25, 0.25)))
     names = [name for split in splits.values() for name in split]
     assert len(names) == len(set(names))
@@ -253,7 +259,7 @@ def test_missing_split_file(root):
 
 
 def test_threshold_encoding_refuses_multiclass(root):
-    with pytest.raises(DataError, match="threshold masks are binary"):
+    with pytest.raises(ConfigError, match="threshold masks are binary"):
         make_datamodule(root, num_classes=3)
 
 
@@ -284,7 +290,7 @@ def test_skip_drops_the_bad_record_and_reports_it(root, break_record):
     assert after["val"] == before["val"] and after["test"] == before["test"]
     assert len(all_samples(datamodule)) == SPEC.num_images - 1
 
-    report = datamodule.audit(AnnotatedOnly())
+    report = datamodule.audit(AnnotatedOnlyMasking())
     assert report.splits["train"]["skipped"] == 1
     assert sum(report.splits["train"]["skipped_by_reason"].values()) == 1
     assert report.splits["val"]["skipped"] == 0
@@ -297,12 +303,12 @@ def test_skip_drops_the_bad_record_and_reports_it(root, break_record):
 def test_audit_errors_when_every_annotated_training_mask_is_empty(root):
     for mask in (root / "masks").glob("*.jpg"):
         Image.fromarray(np.zeros((32, 32), np.uint8)).save(mask)
-    report = make_datamodule(root).audit(AnnotatedOnly())
+    report = make_datamodule(root).audit(AnnotatedOnlyMasking())
     assert any("every annotated training mask is empty" in e for e in report.errors)
 
 
 def test_audit_has_no_error_on_the_healthy_synthetic_set(synthetic_root):
-    assert make_datamodule(synthetic_root).audit(AnnotatedOnly()).errors == []
+    assert make_datamodule(synthetic_root).audit(AnnotatedOnlyMasking()).errors == []
 
 
 def test_audit_warns_when_all_pixels_trains_unannotated_images(synthetic_root):
@@ -311,5 +317,5 @@ def test_audit_warns_when_all_pixels_trains_unannotated_images(synthetic_root):
     unannotated_in_train = sum(not record.annotated for record in datamodule.splits["train"])
     assert unannotated_in_train > 0
     warning = f"train: {unannotated_in_train} unannotated images will be trained as empty masks"
-    assert any(w.startswith(warning) for w in datamodule.audit(AllPixels()).warnings)
-    assert not any("trained as empty masks" in w for w in datamodule.audit(AnnotatedOnly()).warnings)
+    assert any(w.startswith(warning) for w in datamodule.audit(AllPixelsMasking()).warnings)
+    assert not any("trained as empty masks" in w for w in datamodule.audit(AnnotatedOnlyMasking()).warnings)

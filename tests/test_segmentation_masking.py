@@ -1,9 +1,14 @@
 import pytest
 import torch
 
-from vigil.tasks.segmentation.data import SegmentationBatch
 from vigil.tasks.segmentation.losses import CombinedLoss, bce, ce, dice, focal, lovasz, tversky
-from vigil.tasks.segmentation.masking import AllPixels, AnnotatedOnly, IgnoreIndex
+from vigil.tasks.segmentation.masking import (
+    AllPixelsMasking,
+    AnnotatedOnlyMasking,
+    IgnoreIndexMasking,
+    trains_unannotated,
+)
+from vigil.tasks.segmentation.records import SegmentationBatch
 
 IGNORE = 255
 UNANNOTATED = 1  # index of the unannotated sample in every batch below
@@ -67,8 +72,10 @@ def test_unannotated_sample_does_not_change_loss(name):
     num_classes, factory = LOSSES[name]
     loss_fn, batch, logits = factory(), make_batch(num_classes), make_logits(num_classes)
 
-    loss, grad = loss_and_grad(AnnotatedOnly(), loss_fn, logits, batch)
-    changed_loss, changed_grad = loss_and_grad(AnnotatedOnly(), loss_fn, with_other_unannotated_logits(logits), batch)
+    loss, grad = loss_and_grad(AnnotatedOnlyMasking(), loss_fn, logits, batch)
+    changed_loss, changed_grad = loss_and_grad(
+        AnnotatedOnlyMasking(), loss_fn, with_other_unannotated_logits(logits), batch
+    )
 
     assert torch.equal(grad[UNANNOTATED], torch.zeros_like(grad[UNANNOTATED]))
     assert torch.equal(changed_grad[UNANNOTATED], torch.zeros_like(grad[UNANNOTATED]))
@@ -81,8 +88,8 @@ def test_unannotated_sample_changes_loss_under_all_pixels(name):
     num_classes, factory = LOSSES[name]
     loss_fn, batch, logits = factory(), make_batch(num_classes), make_logits(num_classes)
 
-    loss, grad = loss_and_grad(AllPixels(IGNORE), loss_fn, logits, batch)
-    changed_loss, _ = loss_and_grad(AllPixels(IGNORE), loss_fn, with_other_unannotated_logits(logits), batch)
+    loss, grad = loss_and_grad(AllPixelsMasking(IGNORE), loss_fn, logits, batch)
+    changed_loss, _ = loss_and_grad(AllPixelsMasking(IGNORE), loss_fn, with_other_unannotated_logits(logits), batch)
 
     assert grad[UNANNOTATED].abs().max() > 0
     assert not torch.equal(loss, changed_loss)
@@ -91,7 +98,7 @@ def test_unannotated_sample_changes_loss_under_all_pixels(name):
 def test_annotated_only_keeps_annotated_samples_and_ignore_values():
     batch = make_batch(1)
     logits = make_logits(1)
-    targets = AnnotatedOnly()(logits, batch)
+    targets = AnnotatedOnlyMasking()(logits, batch)
     assert torch.equal(targets.logits, logits[[0, 2]])
     assert torch.equal(targets.mask, batch.mask[[0, 2]])
     assert (targets.mask == IGNORE).any()
@@ -99,13 +106,13 @@ def test_annotated_only_keeps_annotated_samples_and_ignore_values():
 
 def test_annotated_only_returns_none_without_annotated_sample():
     batch = make_batch(1, annotated=(False, False, False))
-    assert AnnotatedOnly()(make_logits(1), batch) is None
+    assert AnnotatedOnlyMasking()(make_logits(1), batch) is None
 
 
 def test_ignore_index_keeps_every_sample_and_ignore_values():
     batch = make_batch(1)
     logits = make_logits(1)
-    targets = IgnoreIndex()(logits, batch)
+    targets = IgnoreIndexMasking()(logits, batch)
     assert targets.logits is logits
     assert torch.equal(targets.mask, batch.mask)
     assert (targets.mask == IGNORE).any()
@@ -113,7 +120,7 @@ def test_ignore_index_keeps_every_sample_and_ignore_values():
 
 def test_all_pixels_maps_ignored_pixels_to_background():
     batch = make_batch(3)
-    targets = AllPixels(IGNORE)(make_logits(3), batch)
+    targets = AllPixelsMasking(IGNORE)(make_logits(3), batch)
     ignored = batch.mask == IGNORE
     assert ignored.any()
     assert (targets.mask[ignored] == 0).all()
@@ -123,10 +130,10 @@ def test_all_pixels_maps_ignored_pixels_to_background():
 
 def test_all_pixels_without_ignore_index_leaves_mask_unchanged():
     batch = make_batch(1)
-    assert torch.equal(AllPixels()(make_logits(1), batch).mask, batch.mask)
+    assert torch.equal(AllPixelsMasking()(make_logits(1), batch).mask, batch.mask)
 
 
 def test_only_annotated_only_declines_to_train_unannotated_samples():
-    assert AnnotatedOnly.trains_unannotated is False
-    assert IgnoreIndex.trains_unannotated is True
-    assert AllPixels.trains_unannotated is True
+    assert trains_unannotated(AnnotatedOnlyMasking()) is False
+    assert trains_unannotated(IgnoreIndexMasking()) is True
+    assert trains_unannotated(AllPixelsMasking()) is True

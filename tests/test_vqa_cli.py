@@ -8,17 +8,12 @@ from pathlib import Path
 import pytest
 from conftest import read_json
 
-from vigil.tasks.vqa.metrics import QUESTION_TYPES, answers_match
+from vigil.tasks.vqa.answers import answers_match
+from vigil.tasks.vqa.question_types import QUESTION_TYPES
 
 TINY_DATA = ["task=vqa", "data.synthetic.num_images=40", "data.batch_size=8"]
 TINY_VQA = [*TINY_DATA, "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"]
 HEADLINE = {f"{split}/{name}" for split in ("val", "test") for name in ("acc", "acc_macro", "acc_majority")}
-
-
-@pytest.fixture(autouse=True)
-def one_thread_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    """One torch thread per run: on a shared two-core machine, more threads than free cores spin."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
 def predictions(run: Path) -> list[dict]:
@@ -36,6 +31,7 @@ def test_fast_dev_run_reports_per_type_accuracy_predictions_and_audit(cli, tmp_p
     for question_type in {row["question_type"] for row in rows}:
         assert f"test/acc/{question_type}" in metrics and f"test/acc_majority/{question_type}" in metrics
     assert metrics["test/acc"] == pytest.approx(sum(row["correct"] for row in rows) / len(rows))
+    assert metrics["test/samples"] == len(rows)
     assert "type            count  correct  accuracy  majority" in result.stdout
     audit = read_json(run / "audit.json")
     assert audit["errors"] == []
@@ -45,7 +41,7 @@ def test_fast_dev_run_reports_per_type_accuracy_predictions_and_audit(cli, tmp_p
     assert train["candidates_per_type"]["yes_no"] == 2
 
 
-def test_ddp_cpu_two_processes_ask_every_test_question_once(cli, tmp_path: Path):
+def test_ddp_cpu_two_processes_gather_every_test_prediction_once(cli, tmp_path: Path):
     run = tmp_path / "run"
     result = cli(
         "train",
@@ -63,6 +59,7 @@ def test_ddp_cpu_two_processes_ask_every_test_question_once(cli, tmp_path: Path)
     asked = read_json(run / "audit.json")["splits"]["test"]["questions"]
     rows = predictions(run)
     assert len(rows) == asked == len({row["id"] for row in rows})
+    assert read_json(run / "metrics.json")["test/samples"] == asked
 
 
 def test_audit_refuses_answers_cut_by_max_length(cli, tmp_path: Path):

@@ -10,11 +10,11 @@ import pytest
 from PIL import Image
 
 from vigil.core.errors import ConfigError, DataError
-from vigil.core.files import RecordPolicy
+from vigil.core.files import RecordPolicy, seeded_split
+from vigil.tasks.vqa.answers import build_candidates
 from vigil.tasks.vqa.data import RecordReader, VQADataModule, check_disjoint, split_by_image
-from vigil.tasks.vqa.metrics import QUESTION_TYPES
-from vigil.tasks.vqa.question_types import QuestionTypeRules, build_candidates, majority_answers
-from vigil.tasks.vqa.synthetic import SyntheticVQA, ensure_synthetic_vqa
+from vigil.tasks.vqa.question_types import QUESTION_TYPES, QuestionTypeRules
+from vigil.tasks.vqa.synthetic import SyntheticVQA
 
 RULES = [
     {"type": "count_numeric", "pattern": r"^how many\b"},
@@ -139,17 +139,11 @@ def test_one_jsonl_file_is_split_by_image(tmp_path: Path):
     ).read_catalog()
     counts = {split: len({r.image for r in records}) for split, records in catalog.splits.items()}
     assert counts == {"train": 6, "val": 2, "test": 2}
-
-
-def test_candidates_come_from_config_then_training_answers_by_frequency():
-    from vigil.tasks.vqa.prompts import Turn
-
-    turns = [Turn("q", a, "color") for a in ["red", "pink", "red", "Red", "white"]] + [Turn("q", "Yes", "yes_no")]
-    candidates = build_candidates({"yes_no": ["yes", "no"], "color": ["pink"]}, turns, min_count=1)
-    assert candidates["yes_no"] == ("yes", "no")
-    assert candidates["color"] == ("pink", "red", "white")
-    assert build_candidates({}, turns, min_count=2)["color"] == ("red",)
-    assert majority_answers(turns) == {"color": "red", "yes_no": "yes"}
+    # The one split rule of every task, applied to the images.
+    expected = seeded_split([f"{i}.png" for i in range(10)], [0.6, 0.2, 0.2], seed=0)
+    assert {split: sorted({r.image for r in records}) for split, records in catalog.splits.items()} == {
+        split: sorted(images) for split, images in expected.items()
+    }
 
 
 def test_every_record_gets_its_types_candidates_unless_it_lists_its_own(tmp_path: Path):
@@ -172,9 +166,9 @@ def test_every_record_gets_its_types_candidates_unless_it_lists_its_own(tmp_path
 
 def test_synthetic_data_is_read_back_by_the_same_loader_with_every_type(tmp_path: Path):
     spec = SyntheticVQA(num_images=40, image_size=32)
-    root = ensure_synthetic_vqa(tmp_path, spec)
     data = datamodule(tmp_path, tmp_path, synthetic=vars(spec), format="jsonl")
-    assert data.data_root == root
+    data.prepare_data()
+    assert data.synthetic == spec and (data.data_root / "train.jsonl").is_file()
     catalog = data.read_catalog()
     turns = [t for records in catalog.splits.values() for r in records for t in r.turns]
     assert {t.question_type for t in turns} == set(QUESTION_TYPES)
@@ -183,6 +177,28 @@ def test_synthetic_data_is_read_back_by_the_same_loader_with_every_type(tmp_path
     assert not (images[0] & images[1] or images[0] & images[2] or images[1] & images[2])
     sizes = {t.answer for t in turns if t.question_type == "size_numeric"}
     assert any(a.endswith("cm") for a in sizes) and any(a.endswith("mm") for a in sizes)
+
+
+def test_loaders_pad_training_right_and_ask_every_evaluation_turn_once_padded_left(synthetic_cache: Path):
+    spec = SyntheticVQA(num_images=24, image_size=32, conversation_fraction=0.5)
+    data = datamodule(
+        synthetic_cache,
+        synthetic_cache,
+        cache_dir=str(synthetic_cache),
+        synthetic=vars(spec),
+        format="jsonl",
+        max_length=384,
+        batch_size=8,
+    )
+    data.prepare_data()
+    data.setup("fit")
+    train = next(iter(data.train_dataloader()))
+    assert len(train) == 8 and (train.attention_mask[:, 0] == 1).all()
+    val = data.catalog.splits["val"]
+    batches = list(data.val_dataloader())
+    assert sum(len(batch) for batch in batches) == sum(len(r.turns) for r in val)
+    assert all((batch.attention_mask[:, -1] == 1).all() for batch in batches)
+    assert data.context().majority_answers == data.catalog.majority
 
 
 # Bad input: each kind gets one line naming the file and the line or record.

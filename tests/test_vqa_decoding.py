@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from transformers import AutoProcessor
 
-from vigil.tasks.vqa.data import VQABatch, VQACollate
-from vigil.tasks.vqa.decoding import AnswerTrie, Decoder, image_rows
+from vigil.core.batch import fields_with_role
+from vigil.tasks.vqa.data import VQACollate
+from vigil.tasks.vqa.decoding import AnswerTrie, Decoder, image_rows, select_rows
 from vigil.tasks.vqa.model import vision_language_model
 from vigil.tasks.vqa.prompts import PromptEncoder, Turn, answer_token_ids
+from vigil.tasks.vqa.records import VQABatch
 
 QUESTIONS = [
     Turn("What is the size of the polyp?", "5-10mm", "size_numeric", ("<5mm", "5-10mm", "11-20mm", ">20mm", "8mm")),
@@ -22,8 +26,8 @@ QUESTIONS = [
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory):
-    return vision_language_model("tiny", cache_dir=str(tmp_path_factory.mktemp("cache"))).eval()
+def model(synthetic_cache: Path):
+    return vision_language_model("tiny", cache_dir=str(synthetic_cache)).eval()
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +99,32 @@ def test_image_rows_follow_qwen2_vl_patch_grids():
     assert chosen_grid.tolist() == [[1, 2, 3], [1, 2, 3], [1, 2, 2]]
     images, none = image_rows(torch.arange(3.0)[:, None, None, None], None, [2, 0])
     assert images.flatten().tolist() == [2.0, 0.0] and none is None
+
+
+@pytest.mark.parametrize("decoding", ["constrained", "rank"])
+def test_decoding_calls_the_model_with_the_batchs_declared_inputs_only(model, batch, decoding, monkeypatch):
+    calls = []
+    for method in ("generate", "tail_logits"):
+        original = getattr(model, method)
+
+        def spy(*args, _original=original, _method=method, **kwargs):
+            calls.append((_method, args, set(kwargs)))
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(model, method, spy)
+    Decoder(decoding, max_new_tokens=2)(model, batch)
+    inputs = set(fields_with_role(VQABatch, "input"))
+    assert calls and all(args == () for _, args, _ in calls)
+    assert {method: names - inputs for method, _, names in calls} == (
+        {"generate": {"max_new_tokens", "prefix_allowed_tokens_fn"}, "tail_logits": {"last"}}
+        if decoding == "rank"
+        else {"generate": {"max_new_tokens", "prefix_allowed_tokens_fn"}}
+    )
+    assert all(names >= inputs for _, _, names in calls)
+
+
+def test_select_rows_takes_token_rows_and_their_images(batch):
+    selected = select_rows(batch.model_inputs(), [2, 0])
+    assert set(selected) == set(batch.model_inputs())
+    assert torch.equal(selected["input_ids"], batch.input_ids[[2, 0]])
+    assert torch.equal(selected["pixel_values"], batch.pixel_values[[2, 0]])

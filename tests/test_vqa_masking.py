@@ -9,11 +9,18 @@ import torch
 from PIL import Image
 
 from vigil.core.files import RecordPolicy
-from vigil.tasks.vqa.data import Catalog, VQARecord
-from vigil.tasks.vqa.health import audit_records
-from vigil.tasks.vqa.masking import IGNORE_INDEX, AnswerOnly, FullSequence, Masking, MultiTurn
+from vigil.tasks.vqa.health import audit_splits
+from vigil.tasks.vqa.masking import (
+    IGNORE_INDEX,
+    AnswerOnlyMasking,
+    FullSequenceMasking,
+    MultiTurnMasking,
+    RoleMasking,
+    supervised_labels,
+)
 from vigil.tasks.vqa.model import load_processor
 from vigil.tasks.vqa.prompts import SYSTEM_PROMPT, PromptEncoder, Role, Turn
+from vigil.tasks.vqa.records import Catalog, VQARecord
 
 TURNS = (
     Turn("Is there a polyp?", "yes", "yes_no", ("yes", "no")),
@@ -23,8 +30,8 @@ IMAGE_TOKENS = (64 // 16) ** 2
 
 
 @pytest.fixture(scope="module")
-def encoder(tmp_path_factory: pytest.TempPathFactory) -> PromptEncoder:
-    return PromptEncoder(load_processor("tiny", tmp_path_factory.mktemp("cache"), None))
+def encoder(synthetic_cache: Path) -> PromptEncoder:
+    return PromptEncoder(load_processor("tiny", synthetic_cache, None))
 
 
 @pytest.fixture
@@ -74,19 +81,23 @@ def test_generation_prompt_ends_at_the_asked_turns_answer_colon(encoder, encodin
 
 @pytest.mark.parametrize(
     ("masking", "supervised_text"),
-    [(AnswerOnly(), " red</s>"), (MultiTurn(), " yes</s> red</s>"), (FullSequence(), expected_template())],
+    [
+        (AnswerOnlyMasking(), " red</s>"),
+        (MultiTurnMasking(), " yes</s> red</s>"),
+        (FullSequenceMasking(), expected_template()),
+    ],
 )
 def test_masking_supervises_exactly_its_roles(encoder, encoding, masking, supervised_text):
     ids = torch.tensor([encoding.input_ids, encoding.input_ids[:-5] + [0] * 5])
     roles = torch.tensor([encoding.roles, encoding.roles[:-5] + [int(Role.PADDING)] * 5])
-    labels = masking.labels(ids, roles)
+    labels = supervised_labels(masking, ids, roles)
     assert text_of(encoder, labels[0][labels[0] != IGNORE_INDEX].tolist()) == supervised_text
     # Image tokens and padding are never supervised, whatever the strategy.
     assert (labels[roles == Role.IMAGE] == IGNORE_INDEX).all()
     assert (labels[roles == Role.PADDING] == IGNORE_INDEX).all()
 
 
-class ShiftedByOne(AnswerOnly):
+class ShiftedByOne(AnswerOnlyMasking):
     """The classic bug: the answer mask one token late (the last prompt token in, the end-of-sequence out)."""
 
     def __call__(self, token_role: torch.Tensor) -> torch.Tensor:
@@ -94,7 +105,7 @@ class ShiftedByOne(AnswerOnly):
         return torch.cat([mask[1:], mask[:1]])
 
 
-class NothingSupervised(Masking):
+class NothingSupervised(RoleMasking):
     roles = ()
 
 
@@ -109,7 +120,7 @@ def catalog_of(tmp_path: Path, turns_per_record: list[tuple[Turn, ...]]) -> Cata
 
 
 def test_audit_proves_the_supervised_tokens_are_the_answers(tmp_path: Path, encoder):
-    report = audit_records(catalog_of(tmp_path, [TURNS, TURNS[:1]]), encoder, AnswerOnly(), max_length=256)
+    report = audit_splits(catalog_of(tmp_path, [TURNS, TURNS[:1]]), encoder, AnswerOnlyMasking(), max_length=256)
     assert report.errors == [] and report.warnings == []
     train = report.splits["train"]
     assert train["samples"] == 2 and train["questions"] == 3 and train["conversations"] == 1
@@ -124,7 +135,7 @@ def test_audit_proves_the_supervised_tokens_are_the_answers(tmp_path: Path, enco
 def test_audit_refuses_answers_cut_by_max_length(tmp_path: Path, encoder):
     # One token short: only the end-of-sequence token of the conversation's last answer is cut.
     length = len(encoder.encode(encoder.image_segment(Image.new("RGB", (64, 64))), TURNS).input_ids)
-    report = audit_records(catalog_of(tmp_path, [TURNS, TURNS[:1]]), encoder, AnswerOnly(), max_length=length - 1)
+    report = audit_splits(catalog_of(tmp_path, [TURNS, TURNS[:1]]), encoder, AnswerOnlyMasking(), max_length=length - 1)
     assert report.splits["train"]["answers_cut"] == 1 and report.splits["train"]["truncated"] == 1
     (error,) = report.errors
     assert error.startswith("train: 1 samples have their final answer cut by data.max_length (train.jsonl:line 1)")
@@ -132,7 +143,7 @@ def test_audit_refuses_answers_cut_by_max_length(tmp_path: Path, encoder):
 
 
 def test_audit_refuses_a_mask_off_by_one(tmp_path: Path, encoder):
-    report = audit_records(catalog_of(tmp_path, [TURNS]), encoder, ShiftedByOne(), max_length=256)
+    report = audit_splits(catalog_of(tmp_path, [TURNS]), encoder, ShiftedByOne(), max_length=256)
     assert any(
         "samples have supervised tokens that are not their answer (train.jsonl:line 1: " in e for e in report.errors
     )
@@ -140,15 +151,15 @@ def test_audit_refuses_a_mask_off_by_one(tmp_path: Path, encoder):
 
 
 def test_audit_refuses_samples_without_supervised_tokens(tmp_path: Path, encoder):
-    report = audit_records(catalog_of(tmp_path, [TURNS]), encoder, NothingSupervised(), max_length=256)
+    report = audit_splits(catalog_of(tmp_path, [TURNS]), encoder, NothingSupervised(), max_length=256)
     assert report.errors == [
         "train: 1 samples have no supervised token (train.jsonl:line 1) (check the masking and the records' answers)"
     ]
 
 
 def test_audit_warns_that_full_sequence_trains_the_prompt(tmp_path: Path, encoder):
-    report = audit_records(catalog_of(tmp_path, [TURNS]), encoder, FullSequence(), max_length=256)
+    report = audit_splits(catalog_of(tmp_path, [TURNS]), encoder, FullSequenceMasking(), max_length=256)
     assert report.errors == []
     (warning,) = report.warnings
-    assert warning.startswith("train: masking=FullSequence trains the prompt: ")
+    assert warning.startswith("train: masking=FullSequenceMasking trains the prompt: ")
     assert report.splits["train"]["supervised_fraction_mean"] > 0.5

@@ -13,13 +13,14 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaProcessor
 
 from vigil.core.batch import check_forward_accepts, fields_with_role, meta
-from vigil.tasks.vqa.data import VQABatch, VQACollate
-from vigil.tasks.vqa.health import supervision_alerts
+from vigil.tasks.vqa.data import VQACollate
+from vigil.tasks.vqa.health import health_alerts, health_stats
 from vigil.tasks.vqa.losses import TokenCrossEntropy
-from vigil.tasks.vqa.masking import IGNORE_INDEX, AnswerOnly, MultiTurn
+from vigil.tasks.vqa.masking import IGNORE_INDEX, AnswerOnlyMasking, MultiTurnMasking, supervised_labels
 from vigil.tasks.vqa.model import TinyLlava, ensure_tiny_checkpoint, vision_language_model
 from vigil.tasks.vqa.module import VQAModule
 from vigil.tasks.vqa.prompts import PromptEncoder, Turn
+from vigil.tasks.vqa.records import VQABatch
 
 TURNS = [
     (Turn("Is there a polyp?", "yes", "yes_no", ("yes", "no")),),
@@ -31,13 +32,8 @@ TURNS = [
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
-def model(cache: Path):
-    return vision_language_model("tiny", cache_dir=str(cache), frozen=[r"vision_tower\.post_layernorm\."])
+def model(synthetic_cache: Path):
+    return vision_language_model("tiny", cache_dir=str(synthetic_cache), frozen=[r"vision_tower\.post_layernorm\."])
 
 
 def training_batch(model) -> VQABatch:
@@ -70,12 +66,12 @@ class BatchWithRecordFields(VQABatch):
     labels_text: list[str] = meta(default_factory=list)
 
 
-def test_tiny_checkpoint_is_written_once_and_loaded_through_the_auto_classes(cache: Path, model):
-    folder = ensure_tiny_checkpoint(cache, TinyLlava())
+def test_tiny_checkpoint_is_written_once_and_loaded_through_the_auto_classes(synthetic_cache: Path, model):
+    folder = ensure_tiny_checkpoint(synthetic_cache, TinyLlava())
     assert Path(model.model.name_or_path) == folder
     written = {path.name: path.stat().st_mtime_ns for path in folder.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(written)
-    assert ensure_tiny_checkpoint(cache, TinyLlava()) == folder
+    assert ensure_tiny_checkpoint(synthetic_cache, TinyLlava()) == folder
     assert {path.name: path.stat().st_mtime_ns for path in folder.iterdir()} == written
     processor = AutoProcessor.from_pretrained(folder)
     reloaded = AutoModelForImageTextToText.from_pretrained(folder)
@@ -102,7 +98,7 @@ def test_training_step_hands_the_hf_model_only_its_inputs(model, monkeypatch: py
     monkeypatch.setattr(model.model, "forward", spy)
     fields = {f.name: getattr(training_batch(model), f.name) for f in dataclasses.fields(VQABatch)}
     batch = BatchWithRecordFields(**fields, source=["hyperkvasir"] * 2, img_id=["a", "b"], labels_text=["x", "y"])
-    module = VQAModule(model, TokenCrossEntropy(), AnswerOnly(), partial(torch.optim.AdamW, lr=1e-3))
+    module = VQAModule(model, TokenCrossEntropy(), AnswerOnlyMasking(), partial(torch.optim.AdamW, lr=1e-3))
     output = module.training_step(batch, 0)
     ((args, kwargs),) = calls
     assert args == () and set(kwargs) == {"input_ids", "attention_mask", "pixel_values"}
@@ -112,7 +108,7 @@ def test_training_step_hands_the_hf_model_only_its_inputs(model, monkeypatch: py
 
 def test_token_loss_matches_a_token_by_token_reference(model):
     batch = training_batch(model)
-    labels = MultiTurn().labels(batch.input_ids, batch.token_role)
+    labels = supervised_labels(MultiTurnMasking(), batch.input_ids, batch.token_role)
     logits = model(batch.input_ids, batch.attention_mask, batch.pixel_values)
     terms = []
     for row in range(labels.shape[0]):
@@ -130,27 +126,35 @@ def test_batch_without_supervised_tokens_gives_zero_loss_and_an_alert(model):
     loss = TokenCrossEntropy()(logits, torch.full((2, 5), IGNORE_INDEX))
     loss.backward()
     assert loss.item() == 0.0 and logits.grad is not None
-    alerts = supervision_alerts({"supervised_tokens": 0.0, "supervised_fraction": 0.0}, min_supervised_tokens=1)
+    alerts = health_alerts({"supervised_tokens": 0.0, "supervised_fraction": 0.0}, min_supervised_tokens=1)
     assert "check the label masking" in alerts["no_supervised_tokens"]
-    assert supervision_alerts({"supervised_tokens": 4.0, "supervised_fraction": 0.1}, min_supervised_tokens=1) == {}
+    assert health_alerts({"supervised_tokens": 4.0, "supervised_fraction": 0.1}, min_supervised_tokens=1) == {}
+
+
+def test_health_stats_count_the_tokens_the_shifted_loss_supervises(model):
+    batch = training_batch(model)
+    labels = supervised_labels(MultiTurnMasking(), batch.input_ids, batch.token_role)
+    stats = health_stats(MultiTurnMasking(), batch.token_role, batch.attention_mask)
+    assert stats["supervised_tokens"] == float((labels[:, 1:] != IGNORE_INDEX).sum()) == 6.0
+    assert stats["supervised_fraction"] == pytest.approx(6.0 / float(batch.attention_mask.sum()))
 
 
 def test_every_trainable_parameter_gets_a_gradient(model):
     batch = training_batch(model)
     model.zero_grad()
     logits = model(batch.input_ids, batch.attention_mask, batch.pixel_values)
-    TokenCrossEntropy()(logits, AnswerOnly().labels(batch.input_ids, batch.token_role)).backward()
+    TokenCrossEntropy()(logits, supervised_labels(AnswerOnlyMasking(), batch.input_ids, batch.token_role)).backward()
     assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
     model.zero_grad()
 
 
-def test_lora_trains_only_the_adapters_and_checkpoints_only_them(cache: Path):
+def test_lora_trains_only_the_adapters_and_checkpoints_only_them(synthetic_cache: Path):
     lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
-    adapted = vision_language_model("tiny", cache_dir=str(cache), lora=lora, freeze_vision_tower=True)
+    adapted = vision_language_model("tiny", cache_dir=str(synthetic_cache), lora=lora, freeze_vision_tower=True)
     trainable = [name for name, p in adapted.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in name for name in trainable)
     assert any("language_model" in name for name in trainable)
-    module = VQAModule(adapted, TokenCrossEntropy(), AnswerOnly(), partial(torch.optim.AdamW, lr=1e-3))
+    module = VQAModule(adapted, TokenCrossEntropy(), AnswerOnlyMasking(), partial(torch.optim.AdamW, lr=1e-3))
     (group,) = module.configure_optimizers().param_groups
     assert len(group["params"]) == len(trainable)
     checkpoint = {"state_dict": module.state_dict()}
@@ -159,8 +163,8 @@ def test_lora_trains_only_the_adapters_and_checkpoints_only_them(cache: Path):
     assert module.strict_loading is False
 
 
-def test_freeze_vision_tower_freezes_the_vision_encoder_only(cache: Path):
-    frozen = vision_language_model("tiny", cache_dir=str(cache), freeze_vision_tower=True)
+def test_freeze_vision_tower_freezes_the_vision_encoder_only(synthetic_cache: Path):
+    frozen = vision_language_model("tiny", cache_dir=str(synthetic_cache), freeze_vision_tower=True)
     for name, parameter in frozen.named_parameters():
         assert parameter.requires_grad == ("vision_tower" not in name), name
 
@@ -247,7 +251,7 @@ def test_a_qwen2_vl_checkpoint_trains_with_lora_and_decodes_through_the_same_pat
     assert batch.image_grid_thw.tolist() == [[1, 4, 4], [1, 4, 6]]
     assert batch.pixel_values.shape[0] == 16 + 24
     logits = model(batch.input_ids, batch.attention_mask, batch.pixel_values, batch.image_grid_thw)
-    TokenCrossEntropy()(logits, AnswerOnly().labels(batch.input_ids, batch.token_role)).backward()
+    TokenCrossEntropy()(logits, supervised_labels(AnswerOnlyMasking(), batch.input_ids, batch.token_role)).backward()
     assert all(p.grad is not None for n, p in model.named_parameters() if "lora_" in n)
     prompts = VQACollate(encoder.tokenizer.pad_token_id, "left")(samples(False))
     model.eval()

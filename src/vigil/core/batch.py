@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from torch import nn
 
@@ -43,6 +43,11 @@ class Batch:
     def model_inputs(self) -> dict[str, Any]:
         """The input fields of this batch by name: exactly the model's keyword arguments."""
         return {name: getattr(self, name) for name in fields_with_role(type(self), "input")}
+
+    def first(self, count: int) -> Self:
+        """The same batch cut to its first `count` samples (for pictures and probes)."""
+        values = {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}
+        return type(self)(**{name: None if value is None else value[:count] for name, value in values.items()})
 
     def __len__(self) -> int:
         """The number of samples."""

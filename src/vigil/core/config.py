@@ -80,6 +80,9 @@ def target_argument_problems(cfg: DictConfig) -> Iterator[str]:
         keys = set(node.keys()) - _INSTANTIATE_KEYS
         yield from _unknown_keys(where, node["_target_"], keys, target)
         for argument, schema in getattr(target, "unpacked_arguments", {}).items():
+            # An interpolated dict (`data.tiny: ${model.tiny}`) is checked where it is written.
+            if argument not in node or OmegaConf.is_interpolation(node, argument):
+                continue
             value = node.get(argument)
             if isinstance(value, DictConfig):
                 yield from _unpacked_problems(f"{where}.{argument}", schema, set(value.keys()))

@@ -36,14 +36,17 @@ def is_image_file(path: Path | str) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
-def open_image(path: Path, mode: str | None = "RGB") -> Image.Image:
-    """Open and fully decode an image, converted to `mode` (None keeps the file's own); corrupt is a DataError."""
+def open_image(path: Path, mode: str | None = "RGB", record: object | None = None) -> Image.Image:
+    """Open and fully decode an image, converted to `mode` (None keeps the file's own).
+
+    A corrupt file is a DataError naming the file and, when given, the `record` that lists it.
+    """
     try:
         with Image.open(path) as image:
             image.load()
             return image.convert(mode) if mode else image.copy()
     except (OSError, UnidentifiedImageError, SyntaxError) as error:
-        raise DataError(path, None, f"cannot be decoded as an image: {error}", "replace or remove the file") from None
+        raise DataError(path, record, f"cannot be decoded as an image: {error}", "replace or remove the file") from None
 
 
 def normalize(pixels: torch.Tensor) -> torch.Tensor:
@@ -70,18 +73,18 @@ def read_json(path: Path, missing: str = "check data.root") -> Any:
         raise DataError(path, None, f"not UTF-8 text: {error.reason}", "re-save the file as UTF-8") from None
 
 
-def read_jsonl(path: Path, missing: str = "check data.root") -> Iterator[tuple[str, Any]]:
-    """Yield `("line N", object)` for each non-empty line; a line that is not JSON is a DataError naming it.
+def jsonl_lines(path: Path, missing: str = "check data.root") -> Iterator[tuple[int, str]]:
+    """Yield `(line number, text)` for each non-empty line of a JSONL file; a missing file is a DataError.
 
-    The error is raised at that line, so a caller with a skip policy can reject it and read on.
+    Parsing is the caller's (with `parse_json_line`), so a bad line can be rejected by a skip policy and reading
+    goes on with the next.
     """
     if not path.is_file():
         raise DataError(path, None, "file not found", missing)
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            yield f"line {number}", parse_json_line(path, number, line)
+            if line.strip():
+                yield number, line
 
 
 def parse_json_line(path: Path, number: int, line: str) -> Any:

@@ -87,7 +87,7 @@ class TaskModule(pl.LightningModule):
         """Compute, log (with `log_split`) and reset the split's metrics; runs on every rank at epoch end."""
 
     def draw_pictures(self) -> None:
-        """Draw the validation pictures; called on rank zero after each validation of fit."""
+        """Draw the validation pictures; called on rank zero after every validation epoch but the sanity check."""
 
     def training_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
         """The task's loss, checked finite before the backward pass, logged as `train/loss` averaged over ranks."""
@@ -134,8 +134,10 @@ class TaskModule(pl.LightningModule):
         return {}
 
     def health_alerts(self, stats: dict[str, float], thresholds: dict[str, float]) -> dict[str, str]:
-        """Alerts raised by `stats`, by name, each with what it means and what to try."""
-        return {}
+        """Alerts raised by `stats`, by name, each with what it means and what to try: the task's `alert_rule`
+        called with its thresholds (a task whose rule needs more than the thresholds overrides this)."""
+        rule = type(self).alert_rule
+        return rule(stats, **thresholds) if rule is not None else {}
 
     def parameter_groups(self) -> Any:
         """What the optimizer trains: every parameter; a task overrides this for per-group settings."""

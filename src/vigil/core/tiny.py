@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,16 +44,30 @@ def ensure_wordpiece_tokenizer(cache_dir: Path, corpus: Sequence[str], vocab_siz
 
 
 def wordpiece_tokenizer(corpus: Sequence[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """A lower-casing BERT-style WordPiece tokenizer ([CLS] text [SEP])."""
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(WORDPIECE_SPECIAL_TOKENS))
-    tokenizer.train_from_iterator(corpus, trainer)
+    """A lower-casing BERT-style WordPiece tokenizer ([CLS] text [SEP]) whose vocabulary depends on the corpus only.
+
+    `tokenizers`' WordPieceTrainer breaks ties between equally frequent pieces in hash order, so the same corpus
+    gives another vocabulary on every run (and a seeded run other metrics). The vocabulary is therefore counted
+    here: every character (alone and as a `##` continuation), then whole words by frequency, ties by spelling.
+    """
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in corpus:
+        counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    characters = sorted({character for word in counts for character in word})
+    pieces = [*WORDPIECE_SPECIAL_TOKENS, *characters, *(f"##{c}" for c in characters)]
+    known = set(pieces)
+    words = sorted((word for word in counts if word not in known), key=lambda word: (-counts[word], word))
+    pieces += words[: max(vocab_size - len(pieces), 0)]
+    tokenizer = Tokenizer(models.WordPiece({piece: index for index, piece in enumerate(pieces)}, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
     cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
     )
+    tokenizer.decoder = decoders.WordPiece()
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         pad_token="[PAD]",

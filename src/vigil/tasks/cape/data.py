@@ -13,76 +13,24 @@ Keypoint counts differ between categories: a batch pads K to its largest and car
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
 
-from vigil.core.batch import meta, model_input, target
+from vigil.core.data import TaskDataModule
 from vigil.core.errors import ConfigError, DataError
-from vigil.core.files import OnError, RecordPolicy, resolve_under
+from vigil.core.files import SPLITS, OnError, RecordPolicy, read_json, resolve_under
 from vigil.core.guardrails import AuditReport
-from vigil.core.sampling import evaluation_sampler
-from vigil.core.synthetic import synthetic_folder
 from vigil.tasks.cape.episodes import Augmentation, EpisodeDataset, TrainingEpisodes, evaluation_episodes
 from vigil.tasks.cape.health import audit_splits
-from vigil.tasks.cape.synthetic import NAME as SYNTHETIC_NAME
-from vigil.tasks.cape.synthetic import SyntheticCape, ensure_synthetic_cape
+from vigil.tasks.cape.masking import CapeMasking
+from vigil.tasks.cape.records import CapeBatch, CapeContext, Category, Instance, SplitFile
+from vigil.tasks.cape.synthetic import SyntheticCape
 
-SPLITS = ("train", "val", "test")
 SkeletonBase = Literal["auto", 0, 1]
-
-
-@dataclass(frozen=True)
-class Category:
-    """A keypoint category: its keypoint names and its skeleton as 0-based index pairs."""
-
-    id: int
-    name: str
-    keypoint_names: tuple[str, ...]
-    skeleton: tuple[tuple[int, int], ...]
-
-    @property
-    def num_keypoints(self) -> int:
-        """K, the length of every keypoint array of this category."""
-        return len(self.keypoint_names)
-
-
-@dataclass(frozen=True)
-class Instance:
-    """One checked annotation: image file, bbox `[x, y, w, h]`, keypoints (K x 2) and visibility (K) as read."""
-
-    annotation_id: int
-    category_id: int
-    path: Path
-    bbox: tuple[float, float, float, float]
-    keypoints: np.ndarray
-    visibility: np.ndarray
-
-
-@dataclass
-class SplitFile:
-    """The checked content of one split file, and what the checks rejected."""
-
-    file: Path
-    categories: dict[int, Category]
-    instances: list[Instance]
-    policy: RecordPolicy
-    instances_by_category: dict[int, list[int]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for index, instance in enumerate(self.instances):
-            self.instances_by_category.setdefault(instance.category_id, []).append(index)
-
-    @property
-    def used_categories(self) -> list[int]:
-        """Ids of the categories that have at least one instance in this split, sorted."""
-        return sorted(self.instances_by_category)
 
 
 def split_file_path(root: Path, annotation_dir: str, split: int, name: str) -> Path:
@@ -94,7 +42,7 @@ def read_split_file(
     path: Path, root: Path, image_dir: str, policy: RecordPolicy, skeleton_base: SkeletonBase = "auto"
 ) -> SplitFile:
     """Read and check one MP-100 split file; bad annotations are raised or skipped by `policy`."""
-    data = load_json(path)
+    data = read_json(path, missing="check data.root and data.split")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data, dict) or not isinstance(data.get(key), list):
             raise DataError(path, None, f"no '{key}' list", "is this an MP-100 / COCO keypoint file?")
@@ -110,17 +58,6 @@ def read_split_file(
         except DataError as error:
             policy.reject(error)
     return SplitFile(path, categories, instances, policy)
-
-
-def load_json(path: Path) -> Any:
-    """Parse a JSON file; a missing file or malformed JSON is a DataError naming it."""
-    if not path.is_file():
-        raise DataError(path, None, "annotation file not found", "check data.root and data.split")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        where = f"line {error.lineno}"
-        raise DataError(path, where, f"malformed JSON: {error.msg}", "fix or re-download the file") from None
 
 
 def read_category(path: Path, where: str, entry: Any, skeleton_base: SkeletonBase) -> Category:
@@ -212,35 +149,6 @@ def read_instance(
     )
 
 
-@dataclass
-class CapeBatch:
-    """Episodes: S support shots with their keypoints, one query each; K padded to the batch's largest.
-
-    Keypoints are normalised to their crop (x, y in [0, 1)). The model gets the supports' keypoints and which of
-    them are labelled, never the query's visibility: that is a target, with the query keypoints.
-    """
-
-    support_images: torch.Tensor = model_input()  # B x S x 3 x H x W
-    support_keypoints: torch.Tensor = model_input()  # B x S x K x 2
-    support_weights: torch.Tensor = model_input()  # B x S x K, 1 where labelled and inside the crop
-    query_images: torch.Tensor = model_input()  # B x 3 x H x W
-    keypoint_mask: torch.Tensor = model_input()  # B x K, False on padding
-    query_keypoints: torch.Tensor = target()  # B x K x 2
-    query_visibility: torch.Tensor = target()  # B x K, 0 / 1 / 2 (0 outside the crop)
-    support_visibility: torch.Tensor = target()  # B x S x K
-    query_keypoints_original: torch.Tensor = meta()  # B x K x 2, original pixels as annotated
-    query_bbox: torch.Tensor = meta()  # B x 4, [x, y, w, h] in the original image
-    crop_to_original: torch.Tensor = meta()  # B x 2 x 3, normalised crop -> original pixels
-    category_id: torch.Tensor = meta()
-    category_name: list[str] = meta()
-    skeleton: list[tuple[tuple[int, int], ...]] = meta()
-    annotation_id: torch.Tensor = meta()
-    support_annotation_ids: list[tuple[int, ...]] = meta()
-
-    def __len__(self) -> int:
-        return self.query_images.shape[0]
-
-
 def collate_episodes(samples: list[dict[str, Any]]) -> CapeBatch:
     """Stack episodes, padding every keypoint array to the largest K (padding is unlabelled and masked)."""
     count = max(sample["query_keypoints"].shape[0] for sample in samples)
@@ -280,10 +188,11 @@ def pad_keypoints(tensor: torch.Tensor, count: int, dim: int) -> torch.Tensor:
     return torch.cat([tensor, tensor.new_zeros(shape)], dim=dim)
 
 
-class CapeDataModule(pl.LightningDataModule):
+class CapeDataModule(TaskDataModule):
     """MP-100 (one of its five splits), or the generated default (`synthetic` set), as support/query episodes."""
 
     batch_type = CapeBatch
+    synthetic_type = SyntheticCape
 
     def __init__(
         self,
@@ -299,6 +208,7 @@ class CapeDataModule(pl.LightningDataModule):
         episodes_per_epoch: int = 1000,
         batch_size: int = 16,
         num_workers: int = 0,
+        pin_memory: bool = False,
         augment: bool = True,
         rotation: float = 15.0,
         scale: float = 0.15,
@@ -307,12 +217,11 @@ class CapeDataModule(pl.LightningDataModule):
         seed: int = 0,
         synthetic: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(root, batch_size, num_workers, pin_memory, synthetic)
         if split not in range(1, 6):
             raise ConfigError(f"data.split={split} is not an MP-100 split; valid: 1, 2, 3, 4, 5")
         if shots < 1 or queries < 1 or episodes < 1:
             raise ConfigError("data.shots, data.queries and data.episodes must be at least 1")
-        self.root = Path(root)
         self.split = split
         self.annotation_dir = annotation_dir
         self.image_dir = image_dir
@@ -322,85 +231,52 @@ class CapeDataModule(pl.LightningDataModule):
         self.queries = queries
         self.episodes = episodes
         self.episodes_per_epoch = episodes_per_epoch
-        self.batch_size = batch_size
-        self.num_workers = num_workers
         self.augmentation = Augmentation(rotation, scale) if augment else Augmentation()
         self.skeleton_base = skeleton_base
         self.on_error = on_error
         self.seed = seed
-        self.synthetic = SyntheticCape(**synthetic) if synthetic else None
         self.files: dict[str, SplitFile] = {}
 
-    @property
-    def data_root(self) -> Path:
-        """The folder actually read: `root`, or the generated data set's folder under it."""
-        return synthetic_folder(self.root, SYNTHETIC_NAME, self.synthetic) if self.synthetic else self.root
-
-    def prepare_data(self) -> None:
-        """Write the synthetic data set when it is missing."""
-        if self.synthetic:
-            ensure_synthetic_cape(self.root, self.synthetic)
-
-    def setup(self, stage: str | None = None) -> None:
-        """Read and check the three split files once; later calls reuse them."""
-        if self.files:
-            return
+    def read(self) -> None:
+        """Read and check the three split files; one policy counts what every split skipped."""
         policy = RecordPolicy(self.on_error)
         for name in SPLITS:
             path = split_file_path(self.data_root, self.annotation_dir, self.split, name)
             self.files[name] = read_split_file(path, self.data_root, self.image_dir, policy, self.skeleton_base)
 
-    def audit(self, masking: Any) -> AuditReport:
+    def audit(self, masking: CapeMasking) -> AuditReport:
         """The CAPE audit of the three splits (see `health.audit_splits`)."""
         self.setup()
         return audit_splits(self.files, masking, self.shots, self.queries, self.training_episodes())
 
-    def category_names(self) -> dict[int, str]:
-        """Every category of every split, id -> name."""
+    def context(self) -> CapeContext:
+        """Every category of every split, id -> name, for the module's per-category metric names."""
         self.setup()
-        return {c.id: c.name for file in self.files.values() for c in file.categories.values()}
+        return CapeContext({c.id: c.name for file in self.files.values() for c in file.categories.values()})
 
     def training_episodes(self) -> TrainingEpisodes:
-        """The class-balanced training episode sampler."""
+        """The class-balanced training episode sampler, seeded by `data.seed` (and the epoch)."""
         members = self.files["train"].instances_by_category
         return TrainingEpisodes(members, self.shots, self.episodes_per_epoch, self.seed)
 
-    def evaluation_dataset(self, split: str) -> EpisodeDataset:
-        """The fixed, seeded evaluation episodes of `split`, without augmentation."""
+    def dataset(self, split: str) -> EpisodeDataset:
+        """Training: augmented episodes; val and test: the fixed, seeded evaluation episodes, not augmented."""
         self.setup()
         file = self.files[split]
-        items = evaluation_episodes(file.instances_by_category, self.shots, self.queries, self.episodes, self.seed)
-        return EpisodeDataset(file.instances, file.categories, self.image_size, self.padding, episodes=items)
+        if split == "train":
+            # Integer keys give the first epoch's episodes: Lightning's `overfit_batches` (debug=overfit) replaces
+            # the sampler with a sequential one, and must then see the same few episodes every epoch.
+            items = list(self.training_episodes())
+            augmentation = self.augmentation
+        else:
+            items = evaluation_episodes(file.instances_by_category, self.shots, self.queries, self.episodes, self.seed)
+            augmentation = None
+        return EpisodeDataset(file.instances, file.categories, self.image_size, self.padding, augmentation, items)
 
-    def train_dataloader(self) -> DataLoader:
-        self.setup()
-        file = self.files["train"]
-        sampler = self.training_episodes()
-        # Integer keys give the first epoch's episodes: Lightning's `overfit_batches` (debug=overfit) replaces the
-        # sampler with a sequential one, and must then see the same few episodes every epoch.
-        dataset = EpisodeDataset(
-            file.instances, file.categories, self.image_size, self.padding, self.augmentation, list(sampler)
-        )
-        return self.loader(dataset, sampler=sampler, drop_last=True)
+    def training_batches(self, dataset: EpisodeDataset) -> dict[str, Any]:
+        """Batches of episodes drawn afresh each epoch by the episode sampler (keyed by Episode)."""
+        return {"batch_size": self.batch_size, "sampler": self.training_episodes(), "drop_last": True}
 
-    def val_dataloader(self) -> DataLoader:
-        return self.evaluation_loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self.evaluation_loader("test")
-
-    def evaluation_loader(self, split: str) -> DataLoader:
-        """Each evaluation item once, in order; under DDP every rank scores its own share once."""
-        dataset = self.evaluation_dataset(split)
-        return self.loader(dataset, sampler=evaluation_sampler(dataset), shuffle=False)
-
-    def loader(self, dataset: EpisodeDataset, **arguments: Any) -> DataLoader:
-        """A DataLoader with the episode collate function and this module's batch size and workers."""
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            collate_fn=collate_episodes,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            **arguments,
-        )
+    def collate(self, split: str) -> Callable[[list[dict[str, Any]]], CapeBatch]:
+        """Every split pads and stacks its episodes the same way."""
+        return collate_episodes

@@ -16,22 +16,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from vigil.core.errors import DataError
-
-# The ImageNet statistics timm's backbones are trained with.
-PIXEL_MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN)[:, None, None]
-PIXEL_STD = torch.tensor(IMAGENET_DEFAULT_STD)[:, None, None]
-
-if TYPE_CHECKING:
-    from vigil.tasks.cape.data import Category, Instance
+from vigil.core.files import normalize, open_image
+from vigil.tasks.cape.records import Category, Instance
 
 
 class Episode(NamedTuple):
@@ -66,9 +59,11 @@ class TrainingEpisodes(Sampler[Episode]):
         self.epoch = epoch
 
     def __len__(self) -> int:
+        """Episodes per epoch."""
         return self.length
 
     def __iter__(self) -> Iterator[Episode]:
+        """This epoch's episodes: a category uniformly, then S supports and a query, all distinct."""
         rng = np.random.default_rng([self.seed, self.epoch])
         for _ in range(self.length):
             category = self.categories[rng.integers(len(self.categories))]
@@ -125,7 +120,7 @@ def crop_view(image: Image.Image, instance: Instance, size: int, padding: float,
     inside = np.all((points >= 0) & (points < 1), axis=1)
     pixels = torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255).permute(2, 0, 1)
     return View(
-        image=(pixels - PIXEL_MEAN) / PIXEL_STD,
+        image=normalize(pixels),
         keypoints=torch.from_numpy(points.astype(np.float32)),
         visibility=torch.from_numpy(np.where(inside, instance.visibility, 0)),
         crop_to_original=torch.from_numpy((inverse @ np.diag([size, size, 1.0]))[:2].astype(np.float32)),
@@ -153,9 +148,11 @@ class EpisodeDataset(Dataset):
         self.episodes = list(episodes)
 
     def __len__(self) -> int:
+        """The number of fixed episodes (evaluation's items, or the first training epoch's)."""
         return len(self.episodes)
 
     def __getitem__(self, key: int | Episode) -> dict[str, Any]:
+        """The supports' and the query's crops, keypoints and visibility, and the query's original annotation."""
         episode = key if isinstance(key, Episode) else self.episodes[key]
         supports = [self.view(index) for index in episode.supports]
         query = self.view(episode.query)
@@ -184,14 +181,5 @@ class EpisodeDataset(Dataset):
         rotation, scale = self.augmentation.rotation, self.augmentation.scale
         angle = float(torch.empty(1).uniform_(-rotation, rotation)) if rotation else 0.0
         zoom = float(torch.empty(1).uniform_(1 - scale, 1 + scale)) if scale else 1.0
-        return crop_view(open_image(instance), instance, self.size, self.padding, angle, zoom)
-
-
-def open_image(instance: Instance) -> Image.Image:
-    """Decode an instance's image as RGB; a corrupt file is a DataError naming it and the annotation."""
-    try:
-        with Image.open(instance.path) as image:
-            return image.convert("RGB")
-    except (OSError, UnidentifiedImageError, SyntaxError) as error:
-        record = f"annotation {instance.annotation_id}"
-        raise DataError(instance.path, record, f"cannot be decoded as an image: {error}", "replace it") from None
+        image = open_image(instance.path, record=f"annotation {instance.annotation_id}")
+        return crop_view(image, instance, self.size, self.padding, angle, zoom)

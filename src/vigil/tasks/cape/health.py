@@ -1,27 +1,27 @@
-"""CAPE guardrails: the audit of categories and episodes before fit, and the supervised-keypoint monitor during fit."""
+"""CAPE guardrails: the audit of categories and episodes before fit (`audit_splits`), and the supervised-keypoint
+monitor during fit (`health_stats`, judged by `health_alerts`)."""
 
 from __future__ import annotations
 
 from collections import Counter
 from itertools import islice
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from vigil.core.guardrails import AuditReport
-
-if TYPE_CHECKING:
-    from vigil.tasks.cape.data import SplitFile
-    from vigil.tasks.cape.episodes import TrainingEpisodes
+from vigil.tasks.cape.episodes import TrainingEpisodes
+from vigil.tasks.cape.masking import CapeMasking
+from vigil.tasks.cape.records import SplitFile
 
 AUDITED_EPISODES = 200
 
 
 def audit_splits(
-    files: dict[str, SplitFile], masking: Any, shots: int, queries: int, sampler: TrainingEpisodes
+    files: dict[str, SplitFile], masking: CapeMasking, shots: int, queries: int, sampler: TrainingEpisodes
 ) -> AuditReport:
-    """Per split and category: instances, K, visibility counts and fractions; episodes that cannot be formed;
-    categories shared between splits; and what the masking supervises in the training episodes."""
+    """Per split and category: instances (`samples` per split), K, visibility counts and fractions; episodes that
+    cannot be formed; categories shared between splits; and what the masking supervises in the training episodes."""
     report = AuditReport()
     policy = files["train"].policy
     report.splits["all"] = {"skipped": len(policy.skipped), "skipped_by_reason": policy.skipped_by_reason()}
@@ -38,7 +38,7 @@ def audit_splits(
 
 
 def split_summary(file: SplitFile) -> dict[str, Any]:
-    """Instances, categories, K range and visibility counts of one split, and the same per category."""
+    """Instances (`samples`), categories, K range and visibility counts of one split, and the same per category."""
     per_category = {}
     totals: Counter[int] = Counter()
     for category_id in file.used_categories:
@@ -55,7 +55,7 @@ def split_summary(file: SplitFile) -> dict[str, Any]:
     return {
         "file": str(file.file),
         "categories": len(per_category),
-        "instances": len(file.instances),
+        "samples": len(file.instances),
         "min_keypoints": min(sizes, default=0),
         "max_keypoints": max(sizes, default=0),
         **visibility_facts(totals),
@@ -110,7 +110,7 @@ def judge_disjoint(report: AuditReport, files: dict[str, SplitFile]) -> None:
             seen.setdefault(category_id, split)
 
 
-def supervision_summary(file: SplitFile, masking: Any, sampler: TrainingEpisodes) -> dict[str, float]:
+def supervision_summary(file: SplitFile, masking: CapeMasking, sampler: TrainingEpisodes) -> dict[str, float]:
     """Means over the first training episodes (annotated visibility, before cropping): keypoints per episode,
     those the masking counts, and those it counts although unlabelled in the query or a support."""
     real, counted, unlabelled_counted = [], [], []
@@ -131,7 +131,7 @@ def supervision_summary(file: SplitFile, masking: Any, sampler: TrainingEpisodes
     }
 
 
-def judge_supervision(report: AuditReport, masking: Any) -> None:
+def judge_supervision(report: AuditReport, masking: CapeMasking) -> None:
     """No supervised keypoint is an error; unlabelled keypoints in the loss (masking=all) a warning."""
     facts = report.splits["train"]
     name = type(masking).__name__
@@ -158,7 +158,7 @@ def health_stats(weight: torch.Tensor, keypoint_mask: torch.Tensor, keypoints: t
     }
 
 
-def supervision_alerts(stats: dict[str, float], min_supervised_kpts: float) -> dict[str, str]:
+def health_alerts(stats: dict[str, float], *, min_supervised_kpts: float) -> dict[str, str]:
     """An alert when a batch supervises fewer than `min_supervised_kpts` keypoints (no gradient from it)."""
     if stats["supervised_kpts"] >= min_supervised_kpts:
         return {}

@@ -25,6 +25,7 @@ class L1KeypointLoss(nn.Module):
     """L1 distance between predicted and true keypoints, in crop-normalised coordinates (x and y summed)."""
 
     def forward(self, output: CapeOutput, target_keypoints: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The weighted mean L1 distance over the counted keypoints."""
         return weighted_mean((output.keypoints - target_keypoints).abs().sum(dim=-1), weight)
 
 
@@ -41,6 +42,7 @@ class HeatmapLoss(nn.Module):
         self.sigma = sigma
 
     def forward(self, output: CapeOutput, target_keypoints: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The weighted mean KL divergence over the counted keypoints."""
         height, width = output.heatmaps.shape[-2:]
         targets = gaussian_targets(target_keypoints, height, width, self.sigma)
         log_probabilities = output.heatmaps.flatten(2).log_softmax(dim=-1)
@@ -67,6 +69,7 @@ class L1HeatmapLoss(nn.Module):
         self.heatmap = HeatmapLoss(sigma)
 
     def forward(self, output: CapeOutput, target_keypoints: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The weighted sum of the two losses."""
         return self.l1_weight * self.l1(output, target_keypoints, weight) + self.heatmap_weight * self.heatmap(
             output, target_keypoints, weight
         )

@@ -7,7 +7,19 @@ different K. Padding never counts, under any strategy.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
+
+
+class CapeMasking(Protocol):
+    """What the module, the loss and the audit call: the per-keypoint loss weight of a batch of episodes."""
+
+    def __call__(
+        self, query_visibility: torch.Tensor, support_visibility: torch.Tensor, keypoint_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Float weight B x K from the query's (B x K) and the supports' (B x S x K) visibility and the padding."""
+        ...
 
 
 def labelled_in_query_and_supports(

@@ -10,6 +10,7 @@ identical categories at a time (and its CAPE decode loop is correct only at batc
 - `pck`: the mean over categories of each category's mean over its queries (`pck_query_mean`: the mean over all
   queries, mmpose's report; the two agree when every category has as many queries).
 - `mpck`: the same category mean, averaged over the thresholds 0.05, 0.10, 0.15, 0.20, 0.25.
+- `samples`: the number of queries scored (after the DDP sync: over every rank), to prove each was scored once.
 Every batch is scored at once (B x K x thresholds), for any batch size.
 """
 
@@ -65,7 +66,8 @@ class PCK(Metric):
         self.categories.append(category)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        """`pck`, `mpck`, `pck_query_mean`, and `category_ids` with their `category_pck` (empty when no query)."""
+        """`pck`, `mpck`, `pck_query_mean`, `samples` (the queries scored, on every rank together), and
+        `category_ids` with their `category_pck` (empty when no query)."""
         if isinstance(self.scores, list) and not self.scores:
             return {}
         scores, categories = dim_zero_cat(self.scores), dim_zero_cat(self.categories)
@@ -76,6 +78,7 @@ class PCK(Metric):
             "pck": per_category[:, self.main].mean().float(),
             "mpck": per_category[:, self.mpck].mean().float(),
             "pck_query_mean": scores[:, self.main].mean().float(),
+            "samples": scores.new_tensor(len(scores)).float(),
             "category_ids": ids,
             "category_pck": per_category[:, self.main].float(),
         }

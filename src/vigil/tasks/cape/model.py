@@ -47,6 +47,7 @@ class FeatureEncoder(nn.Module):
         self.smooth = nn.Conv2d(dim, dim, 3, padding=1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """N x 3 x H x W images to N x D maps at the finest chosen stride."""
         maps = self.backbone(images)
         fused = self.lateral[-1](maps[-1])
         for lateral, finer in zip(reversed(self.lateral[:-1]), reversed(maps[:-1]), strict=True):
@@ -65,6 +66,7 @@ class HeatmapHead(nn.Module):
     def forward(
         self, keypoint_features: torch.Tensor, query_features: torch.Tensor, keypoint_mask: torch.Tensor
     ) -> CapeOutput:
+        """Heatmaps of the keypoint features (B x K x D) over the query map (B x D x h x w), and their soft-argmax."""
         logits = self.log_scale.exp() * torch.einsum(
             "bkd,bdhw->bkhw", F.normalize(keypoint_features, dim=-1), F.normalize(query_features, dim=1)
         )
@@ -90,6 +92,7 @@ class TransformerHead(nn.Module):
     def forward(
         self, keypoint_features: torch.Tensor, query_features: torch.Tensor, keypoint_mask: torch.Tensor
     ) -> CapeOutput:
+        """The heatmap head's estimate plus the decoder's offset; padding keypoints are masked in attention."""
         first = self.matcher(keypoint_features, query_features, keypoint_mask)
         dim, height, width = query_features.shape[1:]
         memory = query_features.flatten(2).transpose(1, 2) + sine_encoding(cell_centres(height, width), dim)
@@ -118,6 +121,7 @@ class CapeModel(nn.Module):
         query_images: torch.Tensor,
         keypoint_mask: torch.Tensor,
     ) -> CapeOutput:
+        """Query keypoints (B x K x 2, crop-normalised) from the support shots' keypoints and features."""
         batch, shots = support_images.shape[:2]
         # One pass for supports and queries: BatchNorm sees them as one batch, as in a single-image model.
         features = self.encoder(torch.cat([support_images.flatten(0, 1), query_images]))

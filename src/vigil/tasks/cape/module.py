@@ -10,18 +10,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from vigil.core.guardrails import check_finite_loss
-from vigil.core.module import TaskModule
+from vigil.core.files import denormalize
+from vigil.core.module import TaskModule, TrainingLoss
 from vigil.core.pictures import publish_figure
-from vigil.tasks.cape.data import CapeBatch
-from vigil.tasks.cape.episodes import PIXEL_MEAN, PIXEL_STD
-from vigil.tasks.cape.health import health_stats, supervision_alerts
-from vigil.tasks.cape.masking import labelled_in_query_and_supports
+from vigil.tasks.cape import health
+from vigil.tasks.cape.masking import CapeMasking, labelled_in_query_and_supports
 from vigil.tasks.cape.metrics import MPCK_THRESHOLDS, PCK
 from vigil.tasks.cape.model import CapeModel, CapeOutput
 from vigil.tasks.cape.pictures import EpisodePicture, episode_grid
+from vigil.tasks.cape.records import CapeBatch, CapeContext
 
-SPLITS = ("val", "test")
+EVALUATED = ("val", "test")
 
 
 class CapeModule(TaskModule):
@@ -29,12 +28,13 @@ class CapeModule(TaskModule):
     predicting the support's coordinates (`pck_support_baseline`), so every run reports how far it beats that."""
 
     task_name = "cape"
+    alert_rule = health.health_alerts
 
     def __init__(
         self,
         model: CapeModel,
         loss: nn.Module,
-        masking: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+        masking: CapeMasking,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
         threshold: float = 0.2,
@@ -43,85 +43,62 @@ class CapeModule(TaskModule):
     ) -> None:
         super().__init__(model, loss, masking, optimizer, scheduler)
         self.pictures = pictures
-        self.metrics = nn.ModuleDict({split: PCK(threshold, mpck_thresholds) for split in SPLITS})
-        self.baselines = nn.ModuleDict({split: PCK(threshold, mpck_thresholds) for split in SPLITS})
+        self.metrics = nn.ModuleDict({split: PCK(threshold, mpck_thresholds) for split in EVALUATED})
+        self.baselines = nn.ModuleDict({split: PCK(threshold, mpck_thresholds) for split in EVALUATED})
         self.category_names: dict[int, str] = {}
         self.picture_rows: list[EpisodePicture] = []
 
-    def setup(self, stage: str) -> None:
+    def use_context(self, context: CapeContext) -> None:
         """Learn the category names, for the per-category metric names."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None:
-            self.category_names = datamodule.category_names()
+        self.category_names = dict(context.category_names)
 
-    def forward_batch(self, batch: CapeBatch) -> CapeOutput:
-        """The model on the batch's input fields, by name (never the query's visibility)."""
-        return self.model(
-            support_images=batch.support_images,
-            support_keypoints=batch.support_keypoints,
-            support_weights=batch.support_weights,
-            query_images=batch.query_images,
-            keypoint_mask=batch.keypoint_mask,
-        )
-
-    def training_step(self, batch: CapeBatch, batch_idx: int) -> dict[str, torch.Tensor]:
-        output = self.forward_batch(batch)
+    def training_loss(self, batch: CapeBatch) -> TrainingLoss:
+        """The loss over the keypoints the masking counts; the weight and predictions go to the health monitor."""
+        output: CapeOutput = self.forward_batch(batch)
         weight = self.masking(batch.query_visibility, batch.support_visibility, batch.keypoint_mask)
         loss = self.loss(output, batch.query_keypoints, weight)
-        check_finite_loss(loss.detach(), self.global_step, self.current_epoch)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch), sync_dist=True)
-        return {"loss": loss, "weight": weight.detach(), "keypoints": output.keypoints.detach()}
+        return TrainingLoss(loss, outputs={"weight": weight.detach(), "keypoints": output.keypoints.detach()})
 
-    def validation_step(self, batch: CapeBatch, batch_idx: int) -> None:
-        output = self._evaluate(batch, "val")
-        if batch_idx == 0 and self.pictures and not self.trainer.sanity_checking:
-            self.picture_rows = picture_rows(batch, output, self.pictures)
-
-    def test_step(self, batch: CapeBatch, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-
-    def _evaluate(self, batch: CapeBatch, split: str) -> CapeOutput:
-        output = self.forward_batch(batch)
+    def evaluate(self, batch: CapeBatch, split: str, batch_idx: int) -> None:
+        """PCK of the predictions and of the support baseline, over the keypoints the protocol scores."""
+        output: CapeOutput = self.forward_batch(batch)
         valid = labelled_in_query_and_supports(batch.query_visibility, batch.support_visibility, batch.keypoint_mask)
         support = support_coordinates(batch.support_keypoints, batch.support_weights)
         truth, bbox, category = batch.query_keypoints_original, batch.query_bbox, batch.category_id
         predicted = to_original(output.keypoints, batch.crop_to_original)
         self.metrics[split].update(predicted, truth, valid, bbox, category)
         self.baselines[split].update(to_original(support, batch.crop_to_original), truth, valid, bbox, category)
-        return output
+        if split == "val" and batch_idx == 0 and self.pictures:
+            self.picture_rows = picture_rows(batch, output, self.pictures)
 
-    def on_validation_epoch_end(self) -> None:
-        self._log_metrics("val")
-        if self.picture_rows and self.trainer.is_global_zero:
-            publish_figure(self.trainer, episode_grid(self.picture_rows), "val_keypoints")
-        self.picture_rows = []
-
-    def on_test_epoch_end(self) -> None:
-        self._log_metrics("test")
-
-    def _log_metrics(self, split: str) -> None:
+    def log_metrics(self, split: str) -> None:
+        """`pck`, `mpck`, `pck_query_mean`, `samples`, `pck_support_baseline` and `pck/<category>` of the split."""
         values = self.metrics[split].compute()
         baseline = self.baselines[split].compute()
         self.metrics[split].reset()
         self.baselines[split].reset()
-        if not values:
-            return
-        logs = {f"{split}/{name}": values[name] for name in ("pck", "mpck", "pck_query_mean")}
-        logs[f"{split}/pck_support_baseline"] = baseline["pck"]
+        if values:
+            self.log_split(split, self.split_values(values, baseline))
+
+    def split_values(self, values: dict[str, torch.Tensor], baseline: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """The logged values of one split, by name, from the model's and the baseline's computed PCK."""
+        logs = {name: values[name] for name in ("pck", "mpck", "pck_query_mean", "samples")}
+        logs["pck_support_baseline"] = baseline["pck"]
         # torchmetrics squeezes one-element results: a single category comes back as a scalar.
         ids, per_category = values["category_ids"].reshape(-1), values["category_pck"].reshape(-1)
         for category_id, value in zip(ids.tolist(), per_category, strict=True):
-            logs[f"{split}/pck/{metric_name(self.category_names.get(category_id, str(category_id)))}"] = value
-        # Already synced by torchmetrics; sync_dist only averages identical values (and quiets Lightning).
-        self.log_dict(logs, sync_dist=True)
+            logs[f"pck/{metric_name(self.category_names.get(category_id, str(category_id)))}"] = value
+        return logs
+
+    def draw_pictures(self) -> None:
+        """The first validation episodes: support, true and predicted keypoints."""
+        if self.picture_rows:
+            publish_figure(self.trainer, episode_grid(self.picture_rows), "val_keypoints")
+        self.picture_rows = []
 
     def health_stats(self, outputs: dict[str, torch.Tensor], batch: CapeBatch) -> dict[str, float]:
         """Supervised keypoints of the batch, their share, and the spread of the predictions."""
-        return health_stats(outputs["weight"], batch.keypoint_mask, outputs["keypoints"])
-
-    def health_alerts(self, stats: dict[str, float], thresholds: dict[str, float]) -> dict[str, str]:
-        """No supervised keypoint, judged with `conf/callbacks/health.yaml` (`cape:`)."""
-        return supervision_alerts(stats, **thresholds)
+        return health.health_stats(outputs["weight"], batch.keypoint_mask, outputs["keypoints"])
 
 
 def to_original(points: torch.Tensor, crop_to_original: torch.Tensor) -> torch.Tensor:
@@ -169,5 +146,4 @@ def picture_rows(batch: CapeBatch, output: CapeOutput, count: int) -> list[Episo
 
 def to_pixels(image: torch.Tensor) -> np.ndarray:
     """An ImageNet-normalised 3 x H x W tensor back to H x W x 3 uint8."""
-    pixels = image.detach().float().cpu() * PIXEL_STD + PIXEL_MEAN
-    return (pixels.clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
+    return (denormalize(image.detach().float().cpu()) * 255).byte().permute(1, 2, 0).numpy()

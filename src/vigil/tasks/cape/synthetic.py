@@ -14,14 +14,14 @@ import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vigil.core.synthetic import ensure_synthetic
+from vigil.core.errors import ConfigError
+from vigil.core.files import SPLITS
 
-NAME = "synthetic_cape"
-SPLITS = ("train", "val", "test")
 # Saturated colours with channels in {0, 128, 255}, greys left out: 24 codes far apart even after JPEG.
 PALETTE = np.array([c for c in itertools.product((0, 128, 255), repeat=3) if len(set(c)) > 1], dtype=np.float64)
 
@@ -29,6 +29,8 @@ PALETTE = np.array([c for c in itertools.product((0, 128, 255), repeat=3) if len
 @dataclass(frozen=True)
 class SyntheticCape:
     """Parameters of the generated data set; its folder name is a hash of them."""
+
+    name: ClassVar[str] = "synthetic_cape"
 
     num_categories: int = 30
     val_categories: int = 4
@@ -43,6 +45,31 @@ class SyntheticCape:
     unlabelled_fraction: float = 0.1
     seed: int = 0
 
+    def write(self, root: Path) -> None:
+        """Write every species' instances and the three split files under `root`."""
+        if self.val_categories + self.test_categories >= self.num_categories:
+            raise ConfigError("data.synthetic: val_categories + test_categories must leave training categories")
+        rng = np.random.default_rng(self.seed)
+        species = [draw_species(rng, f"species_{index:02d}", self) for index in range(self.num_categories)]
+        split_of = self.split_of(rng.permutation(self.num_categories))
+        files: dict[str, dict[str, list]] = {split: {"images": [], "annotations": []} for split in SPLITS}
+        for index, kind in enumerate(species):
+            write_species(root, rng, index, kind, self, files[split_of[index]])
+        categories = [category_entry(index + 1, kind) for index, kind in enumerate(species)]
+        write_split_files(root, files, categories)
+
+    def split_of(self, order: np.ndarray) -> dict[int, str]:
+        """Species index -> split: the first `test_categories` of `order` test, the next `val_categories` val."""
+        split_of = {}
+        for rank, index in enumerate(order):
+            if rank < self.test_categories:
+                split_of[int(index)] = "test"
+            elif rank < self.test_categories + self.val_categories:
+                split_of[int(index)] = "val"
+            else:
+                split_of[int(index)] = "train"
+        return split_of
+
 
 @dataclass(frozen=True)
 class Species:
@@ -55,41 +82,24 @@ class Species:
     filled: bool
 
 
-def ensure_synthetic_cape(base: Path, spec: SyntheticCape) -> Path:
-    """Return the data root for `spec` under `base`, writing it first if it is not complete."""
-    return ensure_synthetic(base, NAME, spec, write_synthetic_cape)
+def write_species(
+    root: Path, rng: np.random.Generator, index: int, kind: Species, spec: SyntheticCape, content: dict[str, list]
+) -> None:
+    """Render the instances of species `index` as JPEGs, and add their images and annotations to `content`."""
+    (root / "images" / kind.name).mkdir(parents=True)
+    for number in range(spec.instances_per_category):
+        record_id = index * spec.instances_per_category + number + 1
+        image, keypoints, visibility, bbox = render_instance(rng, kind, spec)
+        file_name = f"{kind.name}/{record_id:06d}.jpg"
+        Image.fromarray(image).save(root / "images" / file_name, quality=95)
+        content["images"].append(
+            {"id": record_id, "file_name": file_name, "width": spec.image_size, "height": spec.image_size}
+        )
+        content["annotations"].append(annotation_entry(record_id, index + 1, keypoints, visibility, bbox))
 
 
-def write_synthetic_cape(root: Path, spec: SyntheticCape) -> None:
-    """Write every species' instances and the three split files under `root`."""
-    if spec.val_categories + spec.test_categories >= spec.num_categories:
-        raise ValueError("data.synthetic: val_categories + test_categories must leave training categories")
-    rng = np.random.default_rng(spec.seed)
-    species = [draw_species(rng, f"species_{index:02d}", spec) for index in range(spec.num_categories)]
-    order = rng.permutation(spec.num_categories)
-    split_of = {}
-    for rank, index in enumerate(order):
-        if rank < spec.test_categories:
-            split_of[index] = "test"
-        elif rank < spec.test_categories + spec.val_categories:
-            split_of[index] = "val"
-        else:
-            split_of[index] = "train"
-    files = {split: {"images": [], "annotations": []} for split in SPLITS}
-    categories = [category_entry(index + 1, kind) for index, kind in enumerate(species)]
-    for index, kind in enumerate(species):
-        (root / "images" / kind.name).mkdir(parents=True)
-        for number in range(spec.instances_per_category):
-            record_id = index * spec.instances_per_category + number + 1
-            image, keypoints, visibility, bbox = render_instance(rng, kind, spec)
-            file_name = f"{kind.name}/{record_id:06d}.jpg"
-            Image.fromarray(image).save(root / "images" / file_name, quality=95)
-            files[split_of[index]]["images"].append(
-                {"id": record_id, "file_name": file_name, "width": spec.image_size, "height": spec.image_size}
-            )
-            files[split_of[index]]["annotations"].append(
-                annotation_entry(record_id, index + 1, keypoints, visibility, bbox)
-            )
+def write_split_files(root: Path, files: dict[str, dict[str, list]], categories: list[dict[str, Any]]) -> None:
+    """`annotations/mp100_split1_<split>.json`; every file lists every category, as MP-100's do."""
     (root / "annotations").mkdir()
     for split, content in files.items():
         payload = {"images": content["images"], "annotations": content["annotations"], "categories": categories}

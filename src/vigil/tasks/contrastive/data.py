@@ -17,31 +17,26 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-import pytorch_lightning as pl
 import torch
-from PIL import Image, UnidentifiedImageError
 from timm.data import create_transform
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
+from torch.utils.data import Dataset, RandomSampler
 from transformers import PreTrainedTokenizerBase
 
-from vigil.core.batch import meta, model_input, target
+from vigil.core.data import TaskDataModule
 from vigil.core.errors import ConfigError, DataError
-from vigil.core.files import OnError, RecordPolicy, resolve_under
+from vigil.core.files import SPLITS, OnError, RecordPolicy, is_image_file, open_image, read_json, resolve_under
 from vigil.core.guardrails import AuditReport
-from vigil.core.sampling import evaluation_sampler
-from vigil.core.synthetic import synthetic_folder
 from vigil.core.tiny import ensure_wordpiece_tokenizer, load_tokenizer
-from vigil.tasks.contrastive.health import audit_captions
-from vigil.tasks.contrastive.synthetic import NAME as SYNTHETIC_NAME
-from vigil.tasks.contrastive.synthetic import SyntheticCaptions, ensure_synthetic_captions
+from vigil.tasks.contrastive.health import audit_splits
+from vigil.tasks.contrastive.masking import ContrastiveMasking
+from vigil.tasks.contrastive.records import Catalog, ContrastiveBatch, ContrastiveContext, ImageRecord, Listing
+from vigil.tasks.contrastive.sampler import CaptionBatchSampler, SamplerName
+from vigil.tasks.contrastive.synthetic import SyntheticCaptions
 
-SPLITS = ("train", "val", "test")
 UNASSIGNED = "unassigned"
 ANNOTATION_FILES = {
     "karpathy": "dataset_flickr30k.json",
@@ -49,63 +44,7 @@ ANNOTATION_FILES = {
     "token": "results_20130124.token",
 }
 CSV_COLUMNS = ("raw", "split", "filename")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 Format = Literal["auto", "karpathy", "csv", "token"]
-SamplerName = Literal["unique_images", "k_captions"]
-
-
-@dataclass(frozen=True)
-class Listing:
-    """One image as an annotation file lists it, before its file is checked; `record` says where it is listed."""
-
-    filename: str
-    split: str
-    captions: list[str]
-    record: str
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    """A checked image: its identity (`img_id`, from the file name), file, split and captions."""
-
-    img_id: int
-    filename: str
-    path: Path
-    split: str
-    captions: tuple[str, ...]
-
-
-@dataclass
-class Catalog:
-    """Every checked image of an annotation file, by split, and what the checks counted on the way."""
-
-    file: Path
-    splits: dict[str, list[ImageRecord]]
-    policy: RecordPolicy
-    merged_duplicates: int = 0
-    empty_captions: int = 0
-    unlisted_files: int = 0
-    extra_splits: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass
-class ContrastiveBatch:
-    """Images and tokenised captions.
-
-    Training batches are pairs: caption i describes image i (an image repeats when the sampler takes several of
-    its captions). Evaluation batches hold each image once and all of its captions; `caption_img_id` says whose.
-    """
-
-    image: torch.Tensor = model_input()
-    input_ids: torch.Tensor = model_input()
-    attention_mask: torch.Tensor = model_input()
-    img_id: torch.Tensor = target()
-    caption_img_id: torch.Tensor = target()
-    filename: list[str] = meta()
-    caption: list[str] = meta()
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
 
 
 class CaptionDataset(Dataset):
@@ -152,68 +91,11 @@ class CaptionCollate:
         )
 
 
-class CaptionBatchSampler(BatchSampler):
-    """Batches of (image, caption) keys from the image indices `sampler` yields.
-
-    - `unique_images` (CLIP): `batch_size` images, each once, with one caption drawn afresh every epoch.
-    - `k_captions` (ALBEF-style): `batch_size // k` images with k different captions each (drawn with
-      replacement only for an image that has fewer than k), so every batch holds same-image positives.
-    Under DDP, Lightning hands this sampler a DistributedSampler in place of `sampler`, so each rank batches its
-    own shard of the images; batches keep a fixed size, which the cross-rank feature gather needs.
-    """
-
-    def __init__(
-        self,
-        sampler: Sampler[int],
-        batch_size: int,
-        drop_last: bool,
-        caption_counts: Sequence[int],
-        mode: SamplerName = "unique_images",
-        k: int = 2,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(sampler, batch_size, drop_last)
-        if mode not in ("unique_images", "k_captions"):
-            raise ConfigError(f"data.sampler={mode} is not a sampler; valid: unique_images, k_captions")
-        if mode == "k_captions" and not 1 <= k <= batch_size:
-            raise ConfigError(f"data.k={k} must be between 1 and data.batch_size={batch_size}")
-        self.caption_counts = list(caption_counts)
-        self.mode = mode
-        self.k = k
-        self.images_per_batch = batch_size if mode == "unique_images" else batch_size // k
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        images: list[int] = []
-        for index in self.sampler:
-            images.append(index)
-            if len(images) == self.images_per_batch:
-                yield self.pairs(images)
-                images = []
-        if images and not self.drop_last:
-            yield self.pairs(images)
-
-    def __len__(self) -> int:
-        full, rest = divmod(len(self.sampler), self.images_per_batch)
-        return full + int(bool(rest) and not self.drop_last)
-
-    def pairs(self, images: list[int]) -> list[tuple[int, int]]:
-        """The (image, caption) keys of one batch."""
-        if self.mode == "unique_images":
-            return [(i, self.draw(self.caption_counts[i], 1)[0]) for i in images]
-        return [(i, caption) for i in images for caption in self.draw(self.caption_counts[i], self.k)]
-
-    def draw(self, count: int, k: int) -> list[int]:
-        """k caption indices out of `count`: distinct when there are enough."""
-        if count >= k:
-            return torch.randperm(count, generator=self.generator)[:k].tolist()
-        return torch.randint(count, (k,), generator=self.generator).tolist()
-
-
-class CaptionDataModule(pl.LightningDataModule):
+class ContrastiveDataModule(TaskDataModule):
     """Flickr30k in any of its three formats, or the generated default (`synthetic` set)."""
 
     batch_type = ContrastiveBatch
+    synthetic_type = SyntheticCaptions
 
     def __init__(
         self,
@@ -229,6 +111,7 @@ class CaptionDataModule(pl.LightningDataModule):
         sampler: SamplerName = "unique_images",
         k: int = 2,
         num_workers: int = 0,
+        pin_memory: bool = False,
         augment: bool = True,
         max_length: int = 64,
         tokenizer: str | None = None,
@@ -237,10 +120,9 @@ class CaptionDataModule(pl.LightningDataModule):
         seed: int = 0,
         synthetic: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(root, batch_size, num_workers, pin_memory, synthetic)
         if format not in ("auto", *ANNOTATION_FILES):
             raise ConfigError(f"data.format={format} is not a format; valid: auto, karpathy, csv, token")
-        self.root = Path(root)
         self.cache_dir = Path(cache_dir)
         self.format = format
         self.annotation_file = annotation_file
@@ -248,34 +130,19 @@ class CaptionDataModule(pl.LightningDataModule):
         self.split_file = split_file
         self.extra_splits = tuple(extra_splits)
         self.image_size = image_size
-        self.batch_size = batch_size
         self.sampler = sampler
         self.k = k
-        self.num_workers = num_workers
         self.augment = augment
         self.max_length = max_length
         self.tokenizer_name = tokenizer
         self.vocab_size = vocab_size
         self.on_error = on_error
         self.seed = seed
-        self.synthetic = SyntheticCaptions(**synthetic) if synthetic else None
         self.catalog: Catalog | None = None
         self.tokenizer: PreTrainedTokenizerBase | None = None
 
-    @property
-    def data_root(self) -> Path:
-        """The folder actually read: `root`, or the generated data set's folder under it."""
-        return synthetic_folder(self.root, SYNTHETIC_NAME, self.synthetic) if self.synthetic else self.root
-
-    def prepare_data(self) -> None:
-        """Write the synthetic data set when it is missing."""
-        if self.synthetic:
-            ensure_synthetic_captions(self.root, self.synthetic)
-
-    def setup(self, stage: str | None = None) -> None:
-        """Read and check the annotations, and load (or train) the tokenizer, once; later calls reuse them."""
-        if self.catalog is not None:
-            return
+    def read(self) -> None:
+        """Read and check the annotations, and load the tokenizer (trained on the training captions when unnamed)."""
         path, detected = find_annotation_file(self.data_root, self.format, self.annotation_file)
         policy = RecordPolicy(self.on_error)
         listings = read_listings(path, detected, policy, self.data_root, self.split_file)
@@ -286,20 +153,32 @@ class CaptionDataModule(pl.LightningDataModule):
             name = str(ensure_wordpiece_tokenizer(self.cache_dir, captions, self.vocab_size))
         self.tokenizer = load_tokenizer(name)
 
-    def audit(self, masking: Any) -> AuditReport:
-        """The contrastive audit of the prepared splits (see `health.audit_captions`)."""
+    def audit(self, masking: ContrastiveMasking) -> AuditReport:
+        """The contrastive audit of the prepared splits (see `health.audit_splits`)."""
         self.setup()
-        return audit_captions(self.catalog, masking, self.batch_sampler(self.catalog.splits["train"], shuffle=False))
+        return audit_splits(self.catalog, masking, self.batch_sampler(self.catalog.splits["train"], shuffle=False))
+
+    def context(self) -> ContrastiveContext:
+        """The tokenizer, and the validation image files by id for the retrieval pictures."""
+        self.setup()
+        return ContrastiveContext(self.tokenizer, {r.img_id: r.path for r in self.catalog.splits["val"]})
 
     def dataset(self, split: str) -> CaptionDataset:
         """The Dataset of one split; augmentation only for training."""
-        self.setup()
         training = self.augment and split == "train"
         # No flips (captions say left and right) and crops that keep 90% or more of the image, as OpenCLIP does.
         transform = create_transform(
             self.image_size, is_training=training, scale=(0.9, 1.0), hflip=0.0, color_jitter=None, crop_pct=1.0
         )
         return CaptionDataset(self.catalog.splits[split], transform)
+
+    def collate(self, split: str) -> Callable[[list[dict[str, Any]]], ContrastiveBatch]:
+        """Images stacked, captions tokenised (the same for every split)."""
+        return CaptionCollate(self.tokenizer, self.max_length)
+
+    def training_batches(self, dataset: CaptionDataset) -> dict[str, Any]:
+        """The caption batch sampler over a shuffled order of the training images."""
+        return {"batch_sampler": self.batch_sampler(dataset.records, shuffle=True)}
 
     def batch_sampler(self, records: list[ImageRecord], shuffle: bool) -> CaptionBatchSampler:
         """The training batch sampler over `records` (shuffled with the global seed, as Lightning seeds it)."""
@@ -308,36 +187,6 @@ class CaptionDataModule(pl.LightningDataModule):
         # A short last batch has few negatives (and breaks BatchNorm at one image): dropped when there are more.
         drop_last = len(records) > self.batch_size
         return CaptionBatchSampler(sampler, self.batch_size, drop_last, counts, self.sampler, self.k, self.seed)
-
-    def image_for_id(self, split: str, img_id: int) -> np.ndarray:
-        """The RGB pixels of one image of `split`, by identity (for pictures)."""
-        record = next(r for r in self.catalog.splits[split] if r.img_id == img_id)
-        return np.asarray(open_image(record.path))
-
-    def train_dataloader(self) -> DataLoader:
-        dataset = self.dataset("train")
-        return self.loader(dataset, batch_sampler=self.batch_sampler(dataset.records, shuffle=True))
-
-    def val_dataloader(self) -> DataLoader:
-        return self.evaluation_loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self.evaluation_loader("test")
-
-    def evaluation_loader(self, split: str) -> DataLoader:
-        """Each image once with all its captions, in order; under DDP every rank scores its own images once."""
-        dataset = self.dataset(split)
-        return self.loader(dataset, batch_size=self.batch_size, sampler=evaluation_sampler(dataset), shuffle=False)
-
-    def loader(self, dataset: CaptionDataset, **arguments: Any) -> DataLoader:
-        """A DataLoader with this module's collate function and workers."""
-        return DataLoader(
-            dataset,
-            collate_fn=CaptionCollate(self.tokenizer, self.max_length),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            **arguments,
-        )
 
 
 def find_annotation_file(root: Path, format: Format, annotation_file: str | None) -> tuple[Path, str]:
@@ -378,18 +227,9 @@ def read_listings(path: Path, format: str, policy: RecordPolicy, root: Path, spl
     return read_token(path, policy, read_split_map(resolve_under(root, split_file, "config", "data.split_file")))
 
 
-def load_json(path: Path) -> Any:
-    """Parse a JSON file; malformed JSON is a DataError naming the line."""
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        where = f"line {error.lineno}"
-        raise DataError(path, where, f"malformed JSON: {error.msg}", "fix or re-download the file") from None
-
-
 def read_karpathy(path: Path, policy: RecordPolicy) -> list[Listing]:
     """The Karpathy split file: `{"images": [{"filename", "split", "sentences": [{"raw"}, ...]}, ...]}`."""
-    data = load_json(path)
+    data = read_json(path)
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, list):
         raise DataError(path, None, "no 'images' list", "is this a Karpathy split file (dataset_flickr30k.json)?")
@@ -481,7 +321,7 @@ def read_split_map(path: Path) -> dict[str, str]:
     """filename -> split, from a Karpathy file or from `{"train": [filenames], "val": [...], "test": [...]}`."""
     if not path.is_file():
         raise DataError(path, None, "split file not found", "fix data.split_file")
-    data = load_json(path)
+    data = read_json(path)
     if isinstance(data, dict) and isinstance(data.get("images"), list):
         return {
             item["filename"]: str(item.get("split"))
@@ -589,14 +429,5 @@ def count_unlisted(folder: Path, listed: set[str]) -> int:
     if not folder.is_dir():
         return 0
     with os.scandir(folder) as entries:
-        names = {e.name for e in entries if e.is_file() and Path(e.name).suffix.lower() in IMAGE_SUFFIXES}
+        names = {e.name for e in entries if e.is_file() and is_image_file(e.name)}
     return len(names - listed)
-
-
-def open_image(path: Path) -> Image.Image:
-    """Open and decode an image as RGB, turning a corrupt file into a DataError."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, UnidentifiedImageError, SyntaxError) as error:
-        raise DataError(path, None, f"cannot be decoded as an image: {error}", "replace or remove the file") from None

@@ -5,19 +5,19 @@ from __future__ import annotations
 import math
 from collections import Counter
 from itertools import islice
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from vigil.core.guardrails import AuditReport
-
-if TYPE_CHECKING:
-    from vigil.tasks.contrastive.data import CaptionBatchSampler, Catalog, ImageRecord
+from vigil.tasks.contrastive.masking import ContrastiveMasking
+from vigil.tasks.contrastive.records import Catalog, ImageRecord
+from vigil.tasks.contrastive.sampler import CaptionBatchSampler
 
 AUDITED_BATCHES = 50
 
 
-def audit_captions(catalog: Catalog, masking: Any, sampler: CaptionBatchSampler) -> AuditReport:
+def audit_splits(catalog: Catalog, masking: ContrastiveMasking, sampler: CaptionBatchSampler) -> AuditReport:
     """Per split: images, captions and captions per image; for training, what the batches hold under the sampler.
 
     The batch facts come from running the training sampler over the real image ids: how many distinct images a
@@ -43,7 +43,7 @@ def file_summary(catalog: Catalog) -> dict[str, Any]:
     reasons = catalog.policy.skipped_by_reason()
     return {
         "file": str(catalog.file),
-        "images": sum(len(records) for records in catalog.splits.values()) + sum(catalog.extra_splits.values()),
+        "samples": sum(len(records) for records in catalog.splits.values()) + sum(catalog.extra_splits.values()),
         "skipped": len(catalog.policy.skipped),
         "skipped_by_reason": reasons,
         "missing_image_files": reasons.get("missing image file", 0),
@@ -66,7 +66,9 @@ def split_summary(records: list[ImageRecord]) -> dict[str, Any]:
     }
 
 
-def batch_summary(records: list[ImageRecord], masking: Any, sampler: CaptionBatchSampler) -> dict[str, float]:
+def batch_summary(
+    records: list[ImageRecord], masking: ContrastiveMasking, sampler: CaptionBatchSampler
+) -> dict[str, float]:
     """Means over the first training batches: pairs, distinct images, positives per caption, same-image negatives."""
     pairs, unique, positives, same_negatives = [], [], [], []
     for keys in islice(iter(sampler), AUDITED_BATCHES):
@@ -111,7 +113,7 @@ def judge_splits(report: AuditReport, catalog: Catalog, sampler_mode: str) -> No
         )
 
 
-def judge_batches(report: AuditReport, masking: Any, sampler: CaptionBatchSampler) -> None:
+def judge_batches(report: AuditReport, masking: ContrastiveMasking, sampler: CaptionBatchSampler) -> None:
     """The error this task exists for: captions of one image in a batch that the loss treats as negatives."""
     negatives = report.splits["train"]["same_image_negatives_per_batch"]
     if negatives == 0:
@@ -151,15 +153,20 @@ def health_stats(
     return stats
 
 
-def collapse_alerts(stats: dict[str, float], dim: int, std_ratio: float, max_logit_scale: float) -> dict[str, str]:
-    """Embedding collapse (std far below 1/sqrt(d)) and a logit scale pinned at its clamp."""
-    floor = std_ratio / math.sqrt(dim)
+def health_alerts(
+    stats: dict[str, float], embed_dim: int, *, std_ratio: float, max_logit_scale: float
+) -> dict[str, str]:
+    """Embedding collapse (std far below 1/sqrt(d)) and a logit scale pinned at its clamp.
+
+    The keyword-only arguments are the `contrastive:` thresholds of `conf/callbacks/health.yaml`.
+    """
+    floor = std_ratio / math.sqrt(embed_dim)
     alerts = {}
     for name, tower in (("img_std", "image"), ("txt_std", "text")):
         if stats[name] < floor:
             alerts[f"{tower}_collapse"] = (
-                f"per-dimension std of the {tower} embeddings is {stats[name]:.4f}, below {std_ratio:g} x 1/sqrt({dim})"
-                f" = {floor:.4f}: they are collapsing to one point (check the positives: audit "
+                f"per-dimension std of the {tower} embeddings is {stats[name]:.4f}, below {std_ratio:g} x "
+                f"1/sqrt({embed_dim}) = {floor:.4f}: they are collapsing to one point (check the positives: audit "
                 "same_image_negatives_per_batch, masking=same_image; lower the learning rate)"
             )
     if stats["logit_scale"] >= max_logit_scale:

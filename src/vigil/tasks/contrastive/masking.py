@@ -6,10 +6,19 @@ describe the same image is a fact about the data (its image ids), not about the 
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 
 
-class SameImage:
+class ContrastiveMasking(Protocol):
+    """What the module, the audit and the health statistics call: image and caption ids to positives."""
+
+    def __call__(self, image_ids: torch.Tensor, caption_ids: torch.Tensor) -> torch.Tensor:
+        """Boolean (images x captions) matrix: True where the caption is a positive of the image."""
+
+
+class SameImageMasking:
     """Default: a pair is positive when caption and image share an image id, so captions of one image are all
     positives of it (and of its other copies in the batch), wherever they sit."""
 
@@ -18,7 +27,7 @@ class SameImage:
         return image_ids[:, None] == caption_ids[None, :]
 
 
-class Diagonal:
+class DiagonalMasking:
     """The naive behaviour, kept for ablation: only the caption paired with an image (same position) is positive;
     another caption of the same image in the batch is a negative."""
 

@@ -9,6 +9,7 @@ Rules, stated once:
   high as it. A collapsed model that gives every pair the same score thus gets recall 0, never 100.
 - Values are percentages; `rsum` is the sum of the six recalls (at most 600). A query with no correct item in the
   split (an image without captions) is left out.
+- `samples` and `captions` count the images and captions scored, over every rank: each is scored exactly once.
 Scores are computed in chunks of queries, so memory is `chunk_size x items`, exact and vectorised.
 """
 
@@ -48,7 +49,7 @@ class RetrievalRecall(Metric):
         return tuple(dim_zero_cat(getattr(self, name)) for name in names)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        """`r{K}_i2t`, `r{K}_t2i` for each K, and `rsum`."""
+        """`r{K}_i2t`, `r{K}_t2i` for each K, `rsum`, and the `samples` (images) and `captions` scored."""
         # Before a DDP sync the states are lists of per-batch tensors; after it, one concatenated tensor.
         if isinstance(self.image_embeds, list) and not self.image_embeds:
             return {}
@@ -61,6 +62,8 @@ class RetrievalRecall(Metric):
             f"r{k}_{direction}": (rank < k).float().mean() * 100 for direction, rank in ranks.items() for k in self.ks
         }
         results["rsum"] = sum(results.values())
+        results["samples"] = images.new_tensor(images.shape[0])
+        results["captions"] = texts.new_tensor(texts.shape[0])
         return results
 
 

@@ -3,33 +3,57 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from vigil.core.errors import ConfigError
-from vigil.core.guardrails import check_finite_loss
-from vigil.core.module import TaskModule
+from vigil.core.files import open_image
+from vigil.core.module import TaskModule, TrainingLoss
 from vigil.core.pictures import publish_figure
-from vigil.tasks.contrastive.data import ContrastiveBatch
-from vigil.tasks.contrastive.health import collapse_alerts, health_stats
+from vigil.tasks.contrastive.health import health_alerts, health_stats
 from vigil.tasks.contrastive.losses import gather_with_grad
+from vigil.tasks.contrastive.masking import ContrastiveMasking
 from vigil.tasks.contrastive.metrics import RetrievalRecall
-from vigil.tasks.contrastive.model import DualEncoder, DualEncoderOutput
+from vigil.tasks.contrastive.model import DualEncoder
 from vigil.tasks.contrastive.pictures import retrieval_grid
+from vigil.tasks.contrastive.records import ContrastiveBatch, ContrastiveContext
+
+
+@dataclass(frozen=True)
+class PictureQueries:
+    """Validation captions to draw, with the ids of their images and their text embeddings."""
+
+    captions: list[str]
+    image_ids: torch.Tensor
+    text_embeds: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    """What the retrieval picture shows: each query caption, its top image ids, and which of them are correct."""
+
+    captions: list[str]
+    image_ids: list[list[int]]
+    correct: list[list[bool]]
 
 
 class ContrastiveModule(TaskModule):
     """Trains a dual encoder on the positives its masking strategy gives, over the batch of every rank."""
 
     task_name = "contrastive"
+    # A static method, so that the class attribute is the function itself (its keyword-only thresholds are
+    # what config validation checks) and calling it through the instance binds nothing.
+    alert_rule = staticmethod(health_alerts)
 
     def __init__(
         self,
         model: DualEncoder,
         loss: nn.Module,
-        masking: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        masking: ContrastiveMasking,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
         ks: Sequence[int] = (1, 5, 10),
@@ -41,85 +65,74 @@ class ContrastiveModule(TaskModule):
         self.pictures = pictures
         self.top_k = top_k
         self.metrics = nn.ModuleDict({split: RetrievalRecall(ks, chunk_size) for split in ("val", "test")})
-        self.picture_queries: tuple[list[str], torch.Tensor, torch.Tensor] | None = None
+        self.context: ContrastiveContext | None = None
+        self.picture_queries: PictureQueries | None = None
+        self.retrieved: Retrieved | None = None
 
-    def setup(self, stage: str) -> None:
-        """Refuse a tokenizer with more tokens than the text tower has embeddings (an index error mid-run)."""
-        tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
+    def use_context(self, context: ContrastiveContext) -> None:
+        """Keep the data's context; refuse a tokenizer with more tokens than the text tower has embeddings (an
+        index error mid-run otherwise)."""
+        self.context = context
         rows = self.model.text_encoder.get_input_embeddings().num_embeddings
-        if tokenizer is not None and len(tokenizer) > rows:
+        if len(context.tokenizer) > rows:
             raise ConfigError(
-                f"the tokenizer has {len(tokenizer)} tokens, the text tower embeds {rows}: "
+                f"the tokenizer has {len(context.tokenizer)} tokens, the text tower embeds {rows}: "
                 "give data.tokenizer and model.text_model the same checkpoint, or raise model.vocab_size"
             )
 
-    def forward_batch(self, batch: ContrastiveBatch) -> DualEncoderOutput:
-        """The model on the batch's input fields, by name."""
-        return self.model(image=batch.image, input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-
-    def training_step(self, batch: ContrastiveBatch, batch_idx: int) -> dict[str, torch.Tensor]:
+    def training_loss(self, batch: ContrastiveBatch) -> TrainingLoss:
+        """The loss of the global batch (features and ids gathered from every rank), with the monitor's inputs."""
         output = self.forward_batch(batch)
         image_embeds, text_embeds, image_ids, caption_ids = gather_with_grad(
             output.image_embeds, output.text_embeds, batch.img_id, batch.caption_img_id
         )
         loss = self.loss(image_embeds, text_embeds, self.masking(image_ids, caption_ids), output.logit_scale)
-        check_finite_loss(loss.detach(), self.global_step, self.current_epoch)
-        # The loss is that of the global batch, the same on every rank: no sync needed.
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch))
-        return {
-            "loss": loss,
+        outputs = {
             "image_embeds": output.image_embeds.detach(),
             "text_embeds": output.text_embeds.detach(),
             "logit_scale": output.logit_scale.detach(),
         }
+        return TrainingLoss(loss, outputs)
 
-    def validation_step(self, batch: ContrastiveBatch, batch_idx: int) -> None:
-        output = self._evaluate(batch, "val")
-        if batch_idx == 0 and self.picture_queries is None:
-            # The first caption of each of the first images: different scenes, not five views of one.
-            first = torch.ones_like(batch.caption_img_id, dtype=torch.bool)
-            first[1:] = batch.caption_img_id[1:] != batch.caption_img_id[:-1]
-            chosen = first.nonzero().flatten()[: self.pictures]
-            captions = [batch.caption[i] for i in chosen.tolist()]
-            self.picture_queries = (captions, batch.caption_img_id[chosen], output.text_embeds[chosen])
-
-    def test_step(self, batch: ContrastiveBatch, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-
-    def _evaluate(self, batch: ContrastiveBatch, split: str) -> DualEncoderOutput:
+    def evaluate(self, batch: ContrastiveBatch, split: str, batch_idx: int) -> None:
+        """Add the batch's embeddings to the split's retrieval metric; keep the first validation queries to draw."""
         output = self.forward_batch(batch)
         self.metrics[split].update(output.image_embeds, batch.img_id, output.text_embeds, batch.caption_img_id)
-        return output
+        if split == "val" and batch_idx == 0 and self.picture_queries is None:
+            self.picture_queries = first_captions(batch, output.text_embeds, self.pictures)
 
-    def on_validation_epoch_end(self) -> None:
-        metric = self.metrics["val"]
-        self._log_metrics("val")
-        # Every rank takes part in the sync that gathers all image embeddings; only rank zero draws.
-        if self.pictures and not self.trainer.sanity_checking:
-            with metric.sync_context():
-                if self.trainer.is_global_zero and self.picture_queries is not None:
-                    self._draw_pictures(metric)
+    def log_metrics(self, split: str) -> None:
+        """Log recall, RSUM and the number of images and captions scored; for validation, rank the picture
+        queries against every rank's images (a collective, so on every rank) before the reset."""
+        metric = self.metrics[split]
+        self.log_split(split, metric.compute())
+        if split == "val":
+            self.retrieved = self.retrieve_queries(metric)
+            self.picture_queries = None
         metric.reset()
-        self.picture_queries = None
 
-    def on_test_epoch_end(self) -> None:
-        self._log_metrics("test")
-        self.metrics["test"].reset()
+    def retrieve_queries(self, metric: RetrievalRecall) -> Retrieved | None:
+        """The top images of the picture queries among all validation images (none in the sanity check)."""
+        if not self.pictures or self.trainer.sanity_checking:
+            return None
+        # Every rank takes part in the sync that gathers all image embeddings, whether it has queries or not.
+        with metric.sync_context():
+            if self.picture_queries is None:
+                return None
+            images, image_ids, _, _ = metric.embeddings()
+            queries = self.picture_queries
+            top = (queries.text_embeds @ images.T).topk(min(self.top_k, images.shape[0]), dim=1).indices
+            retrieved_ids = image_ids[top]
+            correct = retrieved_ids == queries.image_ids[:, None]
+            return Retrieved(queries.captions, retrieved_ids.tolist(), correct.tolist())
 
-    def _log_metrics(self, split: str) -> None:
-        values = self.metrics[split].compute()
-        # Already synced by torchmetrics; sync_dist only averages identical values (and quiets Lightning).
-        self.log_dict({f"{split}/{name}": value for name, value in values.items()}, sync_dist=True)
-
-    def _draw_pictures(self, metric: RetrievalRecall) -> None:
-        images, image_ids, _, _ = metric.embeddings()
-        captions, caption_ids, text_embeds = self.picture_queries
-        top = (text_embeds @ images.T).topk(min(self.top_k, images.shape[0]), dim=1).indices
-        retrieved_ids = image_ids[top]
-        datamodule = self.trainer.datamodule
-        retrieved = [[datamodule.image_for_id("val", int(i)) for i in row] for row in retrieved_ids]
-        correct = (retrieved_ids == caption_ids[:, None]).tolist()
-        publish_figure(self.trainer, retrieval_grid(captions, retrieved, correct), "val_retrieval")
+    def draw_pictures(self) -> None:
+        """The validation captions with their top retrieved images, the correct ones framed in green."""
+        if self.retrieved is None:
+            return
+        images = [[np.asarray(open_image(self.context.val_images[i])) for i in row] for row in self.retrieved.image_ids]
+        figure = retrieval_grid(self.retrieved.captions, images, self.retrieved.correct)
+        publish_figure(self.trainer, figure, "val_retrieval")
 
     def health_stats(self, outputs: dict[str, torch.Tensor], batch: ContrastiveBatch) -> dict[str, float]:
         """Embedding spread, positive-negative gap, logit scale (and SigLIP's bias) and distinct images."""
@@ -132,7 +145,7 @@ class ContrastiveModule(TaskModule):
 
     def health_alerts(self, stats: dict[str, float], thresholds: dict[str, float]) -> dict[str, str]:
         """Embedding collapse and a saturated logit scale, judged with `conf/callbacks/health.yaml`."""
-        return collapse_alerts(stats, self.model.embed_dim, **thresholds)
+        return self.alert_rule(stats, self.model.embed_dim, **thresholds)
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """No weight decay on gains, biases and the temperature (as OpenCLIP); decay on the weight matrices."""
@@ -141,3 +154,12 @@ class ContrastiveModule(TaskModule):
             {"params": [p for p in parameters if p.ndim >= 2]},
             {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0},
         ]
+
+
+def first_captions(batch: ContrastiveBatch, text_embeds: torch.Tensor, count: int) -> PictureQueries:
+    """The first caption of each of the first `count` images: different scenes, not five views of one."""
+    first = torch.ones_like(batch.caption_img_id, dtype=torch.bool)
+    first[1:] = batch.caption_img_id[1:] != batch.caption_img_id[:-1]
+    chosen = first.nonzero().flatten()[:count]
+    captions = [batch.caption[i] for i in chosen.tolist()]
+    return PictureQueries(captions, batch.caption_img_id[chosen], text_embeds[chosen])

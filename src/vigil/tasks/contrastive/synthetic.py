@@ -11,13 +11,11 @@ import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vigil.core.synthetic import ensure_synthetic
-
-NAME = "synthetic_captions"
 ANNOTATION_FILE = "dataset_flickr30k.json"
 IMAGE_DIR = "flickr30k-images"
 
@@ -56,11 +54,25 @@ TEMPLATES = (
 class SyntheticCaptions:
     """Parameters of the generated data set; its folder name is a hash of them."""
 
+    name: ClassVar[str] = "synthetic_captions"
+
     num_images: int = 400
     image_size: int = 64
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 0
+
+    def write(self, root: Path) -> None:
+        """Write `num_images` scenes and their Karpathy-format annotation file under `root`."""
+        rng = np.random.default_rng(self.seed)
+        (root / IMAGE_DIR).mkdir()
+        images = []
+        scenes = zip(draw_scenes(rng, self.num_images), assign_splits(rng, self), strict=True)
+        for index, (scene, split) in enumerate(scenes):
+            filename = f"scene_{index:05d}.png"
+            Image.fromarray(render(rng, scene, self.image_size)).save(root / IMAGE_DIR / filename)
+            images.append(karpathy_record(index, filename, split, describe(rng, scene)))
+        (root / ANNOTATION_FILE).write_text(json.dumps({"images": images, "dataset": "flickr30k"}))
 
 
 @dataclass(frozen=True)
@@ -73,34 +85,19 @@ class Scene:
     cell: tuple[int, int]
 
 
-def ensure_synthetic_captions(base: Path, spec: SyntheticCaptions) -> Path:
-    """Return the data root for `spec` under `base`, writing it first if it is not complete."""
-    return ensure_synthetic(base, NAME, spec, write_synthetic_captions)
-
-
-def write_synthetic_captions(root: Path, spec: SyntheticCaptions) -> None:
-    """Write `spec.num_images` scenes and their Karpathy-format annotation file under `root`."""
-    rng = np.random.default_rng(spec.seed)
-    (root / IMAGE_DIR).mkdir()
-    images = []
-    scenes = zip(draw_scenes(rng, spec.num_images), assign_splits(rng, spec), strict=True)
-    for index, (scene, split) in enumerate(scenes):
-        filename = f"scene_{index:05d}.png"
-        Image.fromarray(render(rng, scene, spec.image_size)).save(root / IMAGE_DIR / filename)
-        sentences = [
-            {"raw": raw, "tokens": raw.replace(",", "").split(), "imgid": index, "sentid": 5 * index + number}
-            for number, raw in enumerate(describe(rng, scene))
-        ]
-        images.append(
-            {
-                "filename": filename,
-                "imgid": index,
-                "split": split,
-                "sentids": [s["sentid"] for s in sentences],
-                "sentences": sentences,
-            }
-        )
-    (root / ANNOTATION_FILE).write_text(json.dumps({"images": images, "dataset": "flickr30k"}))
+def karpathy_record(index: int, filename: str, split: str, captions: list[str]) -> dict:
+    """One image of a Karpathy split file, with its captions as `sentences` (five sentence ids per image)."""
+    sentences = [
+        {"raw": raw, "tokens": raw.replace(",", "").split(), "imgid": index, "sentid": 5 * index + number}
+        for number, raw in enumerate(captions)
+    ]
+    return {
+        "filename": filename,
+        "imgid": index,
+        "split": split,
+        "sentids": [s["sentid"] for s in sentences],
+        "sentences": sentences,
+    }
 
 
 def draw_scenes(rng: np.random.Generator, count: int) -> list[Scene]:

@@ -9,88 +9,35 @@ thresholded (`mask_encoding=threshold`, Kvasir-SEG's JPEG masks: value > 127 is 
 
 from __future__ import annotations
 
-import json
-import random
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
-from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
+from PIL import Image
+from torch.utils.data import Dataset
 
-from vigil.core.batch import meta, model_input, target
-from vigil.core.errors import DataError
-from vigil.core.files import OnError, RecordPolicy, resolve_under
+from vigil.core.data import TaskDataModule
+from vigil.core.errors import ConfigError, DataError
+from vigil.core.files import (
+    IMAGE_SUFFIXES,
+    SPLITS,
+    OnError,
+    RecordPolicy,
+    check_split_fractions,
+    is_image_file,
+    normalize,
+    open_image,
+    read_json,
+    resolve_under,
+    seeded_split,
+)
 from vigil.core.guardrails import AuditReport
-from vigil.core.sampling import evaluation_sampler
-from vigil.core.synthetic import synthetic_folder
-from vigil.tasks.segmentation.health import audit_segmentation
-from vigil.tasks.segmentation.synthetic import NAME as SYNTHETIC_NAME
-from vigil.tasks.segmentation.synthetic import SyntheticSegmentation, ensure_synthetic_segmentation
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-SPLITS = ("train", "val", "test")
-IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
-MaskEncoding = Literal["threshold", "index"]
-
-
-@dataclass(frozen=True)
-class SegmentationRecord:
-    """One image, its mask file (None when unannotated) and whether it was annotated at all."""
-
-    name: str
-    image_path: Path
-    mask_path: Path | None
-    annotated: bool
-
-
-@dataclass(frozen=True)
-class MaskFacts:
-    """What the scan learned about one record's mask, for the audit."""
-
-    name: str
-    annotated: bool
-    foreground_fraction: float
-    non_binary_fraction: float
-    ignored_fraction: float
-
-
-@dataclass
-class SegmentationBatch:
-    """A batch: `image` goes to the model; `mask` and `annotated` to loss and metrics; `name` is bookkeeping."""
-
-    image: torch.Tensor = model_input()
-    mask: torch.Tensor = target()
-    annotated: torch.Tensor = target()
-    name: list[str] = meta()
-
-    def __len__(self) -> int:
-        return self.image.shape[0]
-
-
-@dataclass(frozen=True)
-class MaskSpec:
-    """How mask files encode labels."""
-
-    num_classes: int
-    encoding: MaskEncoding
-    threshold: int
-    ignore_index: int | None
-
-    def label_set(self) -> set[int]:
-        """The values an index mask may contain."""
-        labels = set(range(max(self.num_classes, 2)))
-        return labels | ({self.ignore_index} if self.ignore_index is not None else set())
-
-    def decode(self, raw: np.ndarray) -> np.ndarray:
-        """Raw mask pixels to class indices (binary: 0/1)."""
-        if self.encoding == "threshold":
-            return (raw > self.threshold).astype(np.int64)
-        return raw.astype(np.int64)
+from vigil.tasks.segmentation.health import audit_splits
+from vigil.tasks.segmentation.masking import SegmentationMasking
+from vigil.tasks.segmentation.records import MaskEncoding, MaskFacts, MaskSpec, SegmentationBatch, SegmentationRecord
+from vigil.tasks.segmentation.synthetic import SyntheticSegmentation
 
 
 class SegmentationDataset(Dataset):
@@ -108,10 +55,10 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
         height, width = self.size
-        image = Image.open(record.image_path).convert("RGB").resize((width, height), Image.BILINEAR)
+        image = open_image(record.image_path).resize((width, height), Image.BILINEAR)
         pixels = torch.from_numpy(np.asarray(image, np.float32) / 255.0).permute(2, 0, 1)
         if record.annotated:
-            labels = self.spec.decode(np.asarray(Image.open(record.mask_path).convert("L")))
+            labels = self.spec.decode(np.asarray(open_image(record.mask_path, "L")))
             resized = Image.fromarray(labels.astype(np.uint8)).resize((width, height), Image.NEAREST)
             mask = torch.from_numpy(np.asarray(resized, np.int64).copy())
         else:
@@ -119,7 +66,7 @@ class SegmentationDataset(Dataset):
         if self.augment:
             pixels, mask = random_flips(pixels, mask)
         return {
-            "image": (pixels - IMAGENET_MEAN) / IMAGENET_STD,
+            "image": normalize(pixels),
             "mask": mask,
             "annotated": record.annotated,
             "name": record.name,
@@ -144,10 +91,11 @@ def collate_segmentation(samples: list[dict[str, Any]]) -> SegmentationBatch:
     )
 
 
-class SegmentationDataModule(pl.LightningDataModule):
+class SegmentationDataModule(TaskDataModule):
     """Kvasir-SEG, any image/mask folder pair, or the generated default (`synthetic` set)."""
 
     batch_type = SegmentationBatch
+    synthetic_type = SyntheticSegmentation
 
     def __init__(
         self,
@@ -165,58 +113,42 @@ class SegmentationDataModule(pl.LightningDataModule):
         split_seed: int = 0,
         batch_size: int = 8,
         num_workers: int = 0,
+        pin_memory: bool = False,
         augment: bool = True,
         on_error: OnError = "raise",
         class_names: list[str] | None = None,
         synthetic: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(root, batch_size, num_workers, pin_memory, synthetic)
         if mask_encoding == "threshold" and num_classes != 1:
-            raise DataError("config", "data.mask_encoding", "threshold masks are binary", "use num_classes=1")
-        self.root = Path(root)
+            raise ConfigError("data.mask_encoding=threshold masks are binary: use data.num_classes=1")
         self.spec = MaskSpec(num_classes, mask_encoding, mask_threshold, ignore_index)
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.image_dir, self.mask_dir, self.unannotated_file = image_dir, mask_dir, unannotated_file
         self.split_file = split_file
-        self.split_fractions = tuple(split_fractions)
+        self.split_fractions = check_split_fractions(split_fractions)
         self.split_seed = split_seed
-        self.batch_size = batch_size
-        self.num_workers = num_workers
         self.augment = augment
-        self.policy = RecordPolicy(on_error)
+        self.on_error = on_error
         self.class_names = list(class_names) if class_names else default_class_names(num_classes)
-        self.synthetic = SyntheticSegmentation(**synthetic) if synthetic else None
-        self.splits: dict[str, list[SegmentationRecord]] | None = None
+        self.splits: dict[str, list[SegmentationRecord]] = {}
         self.facts: dict[str, list[MaskFacts]] = {}
         self.listing_warnings: list[str] = []
         self.skipped: dict[str, RecordPolicy] = {}
 
-    @property
-    def data_root(self) -> Path:
-        """The folder actually read: `root`, or the generated data set's folder under it."""
-        return synthetic_folder(self.root, SYNTHETIC_NAME, self.synthetic) if self.synthetic else self.root
-
-    def prepare_data(self) -> None:
-        """Write the synthetic data set when it is missing (rank zero only, under DDP)."""
-        if self.synthetic:
-            ensure_synthetic_segmentation(self.root, self.synthetic)
-
-    def setup(self, stage: str | None = None) -> None:
-        """List, split and validate the records once; later calls reuse them."""
-        if self.splits is not None:
-            return
+    def read(self) -> None:
+        """List, split and validate the records; a bad record is raised or skipped and counted by policy."""
         records, self.listing_warnings = list_records(
             self.data_root, self.image_dir, self.mask_dir, self.unannotated_file
         )
         if self.split_file:
             listed = read_split_file(self.data_root, self.split_file, records)
         else:
-            listed = split_by_seed(records, self.split_fractions, self.split_seed)
-        self.splits, self.facts = {}, {}
-        for split, records in listed.items():
-            policy = RecordPolicy(self.policy.on_error)
+            listed = seeded_split(records, self.split_fractions, self.split_seed, key=lambda r: r.name)
+        for split, split_records in listed.items():
+            policy = RecordPolicy(self.on_error)
             kept, facts = [], []
-            for record in records:
+            for record in split_records:
                 try:
                     facts.append(scan_record(record, self.spec))
                     kept.append(record)
@@ -224,10 +156,10 @@ class SegmentationDataModule(pl.LightningDataModule):
                     policy.reject(error)
             self.splits[split], self.facts[split], self.skipped[split] = kept, facts, policy
 
-    def audit(self, masking: Any) -> AuditReport:
-        """The segmentation audit of the prepared splits (see `health.audit_segmentation`)."""
+    def audit(self, masking: SegmentationMasking) -> AuditReport:
+        """The segmentation audit of the prepared splits (see `health.audit_splits`)."""
         self.setup()
-        return audit_segmentation(
+        return audit_splits(
             self.facts, self.skipped, self.spec.encoding, masking, self.listing_warnings, self.data_root
         )
 
@@ -236,28 +168,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.setup()
         return SegmentationDataset(self.splits[split], self.spec, self.image_size, self.augment and split == "train")
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        dataset = self.dataset(split)
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            sampler=None if shuffle else evaluation_sampler(dataset),
-            num_workers=self.num_workers,
-            collate_fn=collate_segmentation,
-            persistent_workers=self.num_workers > 0,
-            # A last training batch of one sample breaks BatchNorm; evaluation keeps every sample.
-            drop_last=shuffle and len(dataset) > self.batch_size,
-        )
+    def collate(self, split: str) -> Callable[[list[dict[str, Any]]], SegmentationBatch]:
+        """Every split stacks its samples the same way."""
+        return collate_segmentation
 
 
 def default_class_names(num_classes: int) -> list[str]:
@@ -270,7 +183,7 @@ def list_records(
 ) -> tuple[list[SegmentationRecord], list[str]]:
     """Pair every image with its mask by name; images listed in `unannotated_file` are unannotated."""
     images_folder = root / image_dir
-    images = sorted(p for p in images_folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if root.exists() else []
+    images = sorted(p for p in images_folder.glob("*") if is_image_file(p)) if root.exists() else []
     if not images:
         raise DataError(
             images_folder,
@@ -278,7 +191,7 @@ def list_records(
             f"no image files ({', '.join(IMAGE_SUFFIXES)})",
             f"point data.root at a folder with {image_dir}/ and {mask_dir}/",
         )
-    masks = {p.stem: p for p in (root / mask_dir).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES}
+    masks = {p.stem: p for p in (root / mask_dir).glob("*") if is_image_file(p)}
     unannotated = read_name_list(root / unannotated_file)
     warnings = []
     unknown = sorted(unannotated - {p.stem for p in images})
@@ -306,12 +219,7 @@ def read_name_list(path: Path) -> set[str]:
 def read_split_file(root: Path, split_file: str, records: list[SegmentationRecord]) -> dict[str, list]:
     """Assign records to splits from a JSON file of image paths relative to the data root."""
     path = root / split_file
-    if not path.is_file():
-        raise DataError(path, None, "split file not found", "fix data.split_file, or set it to null to split by seed")
-    try:
-        listed = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise DataError(path, f"line {error.lineno}", f"malformed JSON: {error.msg}", "fix the split file") from None
+    listed = read_json(path, missing="fix data.split_file, or set it to null to split by seed")
     by_path = {record.image_path.resolve(): record for record in records}
     splits = {}
     for split in SPLITS:
@@ -324,25 +232,9 @@ def read_split_file(root: Path, split_file: str, records: list[SegmentationRecor
     return splits
 
 
-def split_by_seed(
-    records: list[SegmentationRecord], fractions: tuple[float, ...], seed: int
-) -> dict[str, list[SegmentationRecord]]:
-    """A deterministic train/val/test split: shuffle names with `seed`, cut by `fractions`."""
-    ordered = sorted(records, key=lambda r: r.name)
-    random.Random(seed).shuffle(ordered)
-    total = sum(fractions)
-    n_train = round(len(ordered) * fractions[0] / total)
-    n_val = round(len(ordered) * fractions[1] / total)
-    return {
-        "train": ordered[:n_train],
-        "val": ordered[n_train : n_train + n_val],
-        "test": ordered[n_train + n_val :],
-    }
-
-
 def scan_record(record: SegmentationRecord, spec: MaskSpec) -> MaskFacts:
     """Decode a record's image and mask once, check them, and return the mask facts; DataError if bad."""
-    image = open_image(record.image_path)
+    image = open_image(record.image_path, mode=None)
     if not record.annotated:
         return MaskFacts(record.name, False, 0.0, 0.0, 0.0)
     if record.mask_path is None:
@@ -352,7 +244,7 @@ def scan_record(record: SegmentationRecord, spec: MaskSpec) -> MaskFacts:
             "no mask for an image listed as annotated",
             "add its mask, or list the image in the unannotated file",
         )
-    mask = open_image(record.mask_path)
+    mask = open_image(record.mask_path, mode=None)
     if mask.size != image.size:
         raise DataError(
             record.mask_path,
@@ -376,13 +268,3 @@ def scan_record(record: SegmentationRecord, spec: MaskSpec) -> MaskFacts:
     foreground = float((labels[counted] > 0).mean()) if counted.any() else 0.0
     non_binary = float(((raw > 32) & (raw < 223)).mean()) if spec.encoding == "threshold" else 0.0
     return MaskFacts(record.name, True, foreground, non_binary, float(ignored.mean()))
-
-
-def open_image(path: Path) -> Image.Image:
-    """Open and fully decode an image, turning a corrupt file into a DataError."""
-    try:
-        image = Image.open(path)
-        image.load()
-    except (OSError, UnidentifiedImageError, SyntaxError) as error:
-        raise DataError(path, None, f"cannot be decoded as an image: {error}", "replace or remove the file") from None
-    return image

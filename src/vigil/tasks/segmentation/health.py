@@ -3,26 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from vigil.core.files import RecordPolicy
 from vigil.core.guardrails import AuditReport
-
-if TYPE_CHECKING:
-    from vigil.core.files import RecordPolicy
-    from vigil.tasks.segmentation.data import MaskFacts
+from vigil.tasks.segmentation.masking import SegmentationMasking, trains_unannotated
+from vigil.tasks.segmentation.records import MaskFacts
 
 EMPTY_WARNING_FRACTION = 0.5
 NON_BINARY_WARNING_FRACTION = 0.05
 
 
-def audit_segmentation(
+def audit_splits(
     facts: dict[str, list[MaskFacts]],
     skipped: dict[str, RecordPolicy],
     encoding: str,
-    masking: Any,
+    masking: SegmentationMasking,
     listing_warnings: list[str],
     root: Path,
 ) -> AuditReport:
@@ -30,8 +29,9 @@ def audit_segmentation(
     report = AuditReport(warnings=list(listing_warnings))
     for split, split_facts in facts.items():
         report.splits[split] = split_summary(split_facts, skipped[split])
+    unannotated_trained = trains_unannotated(masking)
     for split, summary in report.splits.items():
-        judge_split(report, split, summary, encoding, masking, root)
+        judge_split(report, split, summary, encoding, unannotated_trained, type(masking).__name__, root)
     return report
 
 
@@ -56,7 +56,13 @@ def split_summary(facts: list[MaskFacts], skipped: RecordPolicy) -> dict[str, An
 
 
 def judge_split(
-    report: AuditReport, split: str, summary: dict[str, Any], encoding: str, masking: Any, root: Path
+    report: AuditReport,
+    split: str,
+    summary: dict[str, Any],
+    encoding: str,
+    unannotated_trained: bool,
+    masking_name: str,
+    root: Path,
 ) -> None:
     """Turn one split's numbers into warnings and hard errors."""
     if summary["samples"] == 0:
@@ -73,10 +79,10 @@ def judge_split(
         report.errors.append(f"{root}: no annotated training sample; nothing to learn from")
     if split != "train" and summary["annotated"] == 0:
         report.warnings.append(f"{split}: no annotated samples, its Dice/IoU are undefined")
-    if split == "train" and summary["unannotated"] and getattr(masking, "trains_unannotated", False):
+    if split == "train" and summary["unannotated"] and unannotated_trained:
         report.warnings.append(
             f"train: {summary['unannotated']} unannotated images will be trained as empty masks "
-            f"(masking={type(masking).__name__}); use masking=annotated_only unless that is the ablation"
+            f"(masking={masking_name}); use masking=annotated_only unless that is the ablation"
         )
     if summary["empty_fraction"] > EMPTY_WARNING_FRACTION:
         report.warnings.append(f"{split}: {summary['empty_fraction']:.0%} of annotated masks are empty")
@@ -105,7 +111,7 @@ def health_stats(
     return {"pred_mean": float(predicted.float().mean()), "target_mean": float((mask > 0).float().mean())}
 
 
-def collapse_alerts(stats: dict[str, float], collapse_ratio: float, min_target_mean: float) -> dict[str, str]:
+def health_alerts(stats: dict[str, float], *, collapse_ratio: float, min_target_mean: float) -> dict[str, str]:
     """Prediction collapse: predicted foreground far below the true foreground while targets are not empty."""
     if "pred_mean" not in stats or stats["target_mean"] < min_target_mean:
         return {}

@@ -6,6 +6,7 @@ The counts come from `smp.metrics.get_stats`. Rules, stated once:
   with an empty ground truth and an empty prediction scores 1 (smp's `zero_division=1`); an empty ground truth
   with any predicted foreground scores 0, so false alarms on negative images are punished.
 - `dice_dataset` / `iou_dataset`: one score from the counts summed over all images (micro).
+- `samples`: the number of images scored (every annotated image once, also under DDP).
 - Multiclass: per-image scores average the foreground classes (1..C-1), and `dice/<class>` / `iou/<class>`
   are each class's dataset-level score.
 """
@@ -47,7 +48,7 @@ class SegmentationOverlap(Metric):
         self.tn.append(tn)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        """`dice`, `iou`, `dice_dataset`, `iou_dataset`, and per class when multiclass."""
+        """`dice`, `iou`, `dice_dataset`, `iou_dataset`, `samples`, and per class when multiclass."""
         # Before a DDP sync the states are lists of per-batch tensors; after it, one concatenated tensor.
         if isinstance(self.tp, list) and not self.tp:
             return {}
@@ -55,6 +56,7 @@ class SegmentationOverlap(Metric):
         if self.num_classes > 1:
             tp, fp, fn, tn = tp[:, 1:], fp[:, 1:], fn[:, 1:], tn[:, 1:]
         results = {
+            "samples": torch.tensor(float(tp.shape[0])),
             "dice": smp.metrics.f1_score(tp, fp, fn, tn, reduction="macro-imagewise", zero_division=1.0),
             "iou": smp.metrics.iou_score(tp, fp, fn, tn, reduction="macro-imagewise", zero_division=1.0),
             "dice_dataset": empty_is_perfect(smp.metrics.f1_score(tp, fp, fn, tn, reduction="micro")),

@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from vigil.tasks.segmentation.data import IMAGENET_MEAN, IMAGENET_STD
+from vigil.core.files import denormalize
 
 
 def overlay_grid(
@@ -20,7 +20,7 @@ def overlay_grid(
     rows = images.shape[0]
     figure, axes = plt.subplots(rows, 3, figsize=(6, 2 * rows), squeeze=False)
     for row in range(rows):
-        picture = (images[row].cpu() * IMAGENET_STD + IMAGENET_MEAN).clamp(0, 1).permute(1, 2, 0).numpy()
+        picture = denormalize(images[row].cpu()).permute(1, 2, 0).numpy()
         truth = "ground truth" if annotated[row] else "not annotated"
         panels = [(None, names[row]), (masks[row], truth), (predictions[row], "prediction")]
         for column, (labels, title) in enumerate(panels):

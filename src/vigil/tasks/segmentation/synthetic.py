@@ -9,18 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from PIL import Image
-
-from vigil.core.synthetic import ensure_synthetic
-
-NAME = "synthetic_seg"
 
 
 @dataclass(frozen=True)
 class SyntheticSegmentation:
     """Parameters of the generated data set; its folder name is a hash of them."""
+
+    name: ClassVar[str] = "synthetic_seg"
 
     num_images: int = 240
     image_size: int = 96
@@ -28,14 +27,13 @@ class SyntheticSegmentation:
     unannotated_fraction: float = 0.2
     seed: int = 0
 
+    def write(self, root: Path) -> None:
+        """Write `num_images` scenes under `root` in the Kvasir-SEG folder layout."""
+        write_scenes(root, self)
 
-def ensure_synthetic_segmentation(base: Path, spec: SyntheticSegmentation) -> Path:
-    """Return the data root for `spec` under `base`, writing it first if it is not complete."""
-    return ensure_synthetic(base, NAME, spec, write_synthetic_segmentation)
 
-
-def write_synthetic_segmentation(root: Path, spec: SyntheticSegmentation) -> None:
-    """Write `spec.num_images` scenes under `root` in the Kvasir-SEG folder layout."""
+def write_scenes(root: Path, spec: SyntheticSegmentation) -> None:
+    """The scenes of `spec`, each image with its JPEG mask unless it is listed as unannotated."""
     rng = np.random.default_rng(spec.seed)
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir()

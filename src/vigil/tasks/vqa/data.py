@@ -5,12 +5,14 @@ Under `data.root`, with images under `data.image_dir` (default `images/`):
   `question_type`, `answer_candidates` and `id`, or a multi-turn record in LLaVA's form
   `{image, conversations: [{from: human, value}, {from: gpt, value}, ...]}`. The splits are the files.
 - `data.annotation_file`: a single JSONL file of such records, or the Kvasir-VQA table as CSV (`img_id`,
-  `question`, `answer`, `source`; the image of a row is `<img_id>.jpg`, or .png/.jpeg), split by image with
-  `data.split_fractions` and `data.split_seed`, so no image is in two splits.
+  `question`, `answer`, `source`; the image of a row is `<img_id>` with the first image suffix that exists, else
+  `.jpg`), split by image with `data.split_fractions` and `data.split_seed` (the seeded split every task uses), so
+  no image is in two splits.
 
 An image's identity is its path under the image folder (`img_id` for the table); two records of one image in two
 split files are an error. Question types missing from a record are inferred by `data.question_types` (see
-`question_types.py`); closed types get their candidate answers from `data.candidates` and the training answers.
+`question_types.py`); closed types get their candidate answers from `data.candidates` and the training answers
+(`answers.build_candidates`).
 Every bad record is a DataError naming the file and line (raised, or skipped and counted with `on_error=skip`).
 
 Training samples are whole records (every turn of a conversation in one sequence, answers included); evaluation
@@ -20,92 +22,44 @@ samples are single turns: each turn of a record is asked once, after the true ea
 from __future__ import annotations
 
 import csv
-import json
-import random
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
-import pytorch_lightning as pl
 import torch
-from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.transforms import ColorJitter
 
-from vigil.core.batch import meta, model_input, target
+from vigil.core.config import unpacks
+from vigil.core.data import TaskDataModule
 from vigil.core.errors import ConfigError, DataError
-from vigil.core.files import OnError, RecordPolicy, resolve_under
+from vigil.core.files import (
+    IMAGE_SUFFIXES,
+    SPLITS,
+    OnError,
+    RecordPolicy,
+    check_split_fractions,
+    jsonl_lines,
+    open_image,
+    parse_json_line,
+    resolve_under,
+    seeded_split,
+)
 from vigil.core.guardrails import AuditReport
-from vigil.core.sampling import evaluation_sampler
-from vigil.core.synthetic import synthetic_folder
-from vigil.tasks.vqa.health import audit_records
-from vigil.tasks.vqa.metrics import QUESTION_TYPES, normalize_answer
-from vigil.tasks.vqa.model import load_processor
+from vigil.tasks.vqa.answers import build_candidates, majority_answers, normalize_answer
+from vigil.tasks.vqa.health import audit_splits
+from vigil.tasks.vqa.masking import VQAMasking
+from vigil.tasks.vqa.model import TinyLlava, load_processor
 from vigil.tasks.vqa.prompts import PromptEncoder, Role, Turn
-from vigil.tasks.vqa.question_types import QuestionTypeRules, build_candidates, majority_answers
-from vigil.tasks.vqa.synthetic import NAME as SYNTHETIC_NAME
-from vigil.tasks.vqa.synthetic import SyntheticVQA, ensure_synthetic_vqa
+from vigil.tasks.vqa.question_types import QUESTION_TYPES, QuestionTypeRules
+from vigil.tasks.vqa.records import Catalog, VQABatch, VQAContext, VQARecord
+from vigil.tasks.vqa.synthetic import SyntheticVQA
 
-SPLITS = ("train", "val", "test")
 CSV_COLUMNS = ("img_id", "question", "answer")
-IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg")
 IMAGE_TENSORS = ("pixel_values", "image_grid_thw")
 SPEAKERS = ("human", "gpt")
 Format = Literal["auto", "jsonl", "kvasir_csv"]
-
-
-@dataclass(frozen=True)
-class VQARecord:
-    """One image and its question-answer turns, and where it was read (`file`, `where`: `line 3`)."""
-
-    id: str
-    image: str
-    path: Path
-    turns: tuple[Turn, ...]
-    file: Path
-    where: str
-
-    @property
-    def record(self) -> str:
-        """Where the record was read, for messages: `<file name>:line <n>`."""
-        return f"{self.file.name}:{self.where}"
-
-
-@dataclass
-class Catalog:
-    """The checked records of every split, the closed types' candidates, and what reading them skipped."""
-
-    source: Path
-    splits: dict[str, list[VQARecord]]
-    policy: RecordPolicy
-    candidates: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    majority: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class VQABatch:
-    """Tokenised sequences with their images, the role of every token, and the asked turn's answer.
-
-    Training batches hold whole sequences, padded on the right; evaluation batches hold prompts that end at the
-    asked turn's `Answer:`, padded on the left for generation. `image_grid_thw` is Qwen2-VL's patch grid per
-    image, None for processors with fixed-size images (LLaVA).
-    """
-
-    input_ids: torch.Tensor = model_input()
-    attention_mask: torch.Tensor = model_input()
-    pixel_values: torch.Tensor = model_input()
-    image_grid_thw: torch.Tensor | None = model_input()
-    token_role: torch.Tensor = target()
-    answer: list[str] = target()
-    question_type: list[str] = target()
-    candidates: list[tuple[str, ...]] = target()
-    id: list[str] = meta()
-    question: list[str] = meta()
-    image: list[str] = meta()
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
 
 
 class VQADataset(Dataset):
@@ -196,10 +150,12 @@ def stack_image_inputs(inputs: list[dict[str, torch.Tensor]]) -> dict[str, torch
     return {key: torch.cat([sample[key] for sample in inputs]) for key in inputs[0]}
 
 
-class VQADataModule(pl.LightningDataModule):
+@unpacks(tiny=TinyLlava)
+class VQADataModule(TaskDataModule):
     """VQA records in JSONL (split files or one file) or the Kvasir-VQA CSV table, or the generated default."""
 
     batch_type = VQABatch
+    synthetic_type = SyntheticVQA
 
     def __init__(
         self,
@@ -221,16 +177,14 @@ class VQADataModule(pl.LightningDataModule):
         max_length: int = 512,
         batch_size: int = 16,
         num_workers: int = 0,
+        pin_memory: bool = False,
         augment: bool = True,
         on_error: OnError = "raise",
         synthetic: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(root, batch_size, num_workers, pin_memory, synthetic)
         if format not in ("auto", "jsonl", "kvasir_csv"):
             raise ConfigError(f"data.format={format} is not a format; valid: auto, jsonl, kvasir_csv")
-        if len(split_fractions) != 3 or abs(sum(split_fractions) - 1) > 1e-6:
-            raise ConfigError(f"data.split_fractions={list(split_fractions)} must be three fractions summing to 1")
-        self.root = Path(root)
         self.cache_dir = Path(cache_dir)
         self.checkpoint = checkpoint
         self.tiny = tiny
@@ -239,35 +193,20 @@ class VQADataModule(pl.LightningDataModule):
         self.format = format
         self.annotation_file = annotation_file
         self.image_dir = image_dir
-        self.split_fractions = tuple(split_fractions)
+        self.split_fractions = check_split_fractions(split_fractions)
         self.split_seed = split_seed
         self.rules = QuestionTypeRules([dict(rule) for rule in question_types])
         self.configured_candidates = {name: list(values) for name, values in (candidates or {}).items()}
         self.candidates_min_count = candidates_min_count
         self.show_candidates = show_candidates
         self.max_length = max_length
-        self.batch_size = batch_size
-        self.num_workers = num_workers
         self.augment = augment
         self.on_error = on_error
-        self.synthetic = SyntheticVQA(**synthetic) if synthetic else None
         self.catalog: Catalog | None = None
         self.encoder: PromptEncoder | None = None
 
-    @property
-    def data_root(self) -> Path:
-        """The folder actually read: `root`, or the generated data set's folder under it."""
-        return synthetic_folder(self.root, SYNTHETIC_NAME, self.synthetic) if self.synthetic else self.root
-
-    def prepare_data(self) -> None:
-        """Write the synthetic data set when it is missing."""
-        if self.synthetic:
-            ensure_synthetic_vqa(self.root, self.synthetic)
-
-    def setup(self, stage: str | None = None) -> None:
-        """Read and check the records, build candidates and the prompt encoder, once; later calls reuse them."""
-        if self.catalog is not None:
-            return
+    def read(self) -> None:
+        """Read and check the records, build the candidates and the prompt encoder (the checkpoint's processor)."""
         self.catalog = self.read_catalog()
         processor = load_processor(self.checkpoint, self.cache_dir, self.tiny, self.processor_kwargs)
         self.encoder = PromptEncoder(processor, self.image_placeholder, self.show_candidates)
@@ -304,10 +243,15 @@ class VQADataModule(pl.LightningDataModule):
         check_disjoint(splits)
         return root, splits
 
-    def audit(self, masking: Any) -> AuditReport:
-        """The VQA audit of every split under `masking` (see `health.audit_records`)."""
+    def audit(self, masking: VQAMasking) -> AuditReport:
+        """The VQA audit of every split under `masking` (see `health.audit_splits`)."""
         self.setup()
-        return audit_records(self.catalog, self.encoder, masking, self.max_length)
+        return audit_splits(self.catalog, self.encoder, masking, self.max_length)
+
+    def context(self) -> VQAContext:
+        """The majority answer of each question type in the training split, for the module's baseline."""
+        self.setup()
+        return VQAContext(dict(self.catalog.majority))
 
     def dataset(self, split: str) -> VQADataset:
         """The Dataset of one split; colour jitter only for training, when `augment` is set."""
@@ -317,34 +261,10 @@ class VQADataModule(pl.LightningDataModule):
             self.catalog.splits[split], self.encoder, training, self.max_length, self.augment and training
         )
 
-    def train_dataloader(self) -> DataLoader:
-        # A short last batch is dropped when there are more: it would weigh its few answers like a full batch.
-        dataset = self.dataset("train")
-        drop_last = len(dataset) > self.batch_size
-        return self.loader(dataset, "right", shuffle=True, drop_last=drop_last)
-
-    def val_dataloader(self) -> DataLoader:
-        return self.evaluation_loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self.evaluation_loader("test")
-
-    def evaluation_loader(self, split: str) -> DataLoader:
-        """Each turn asked once, in order; under DDP every rank asks its own share once."""
-        dataset = self.dataset(split)
-        return self.loader(dataset, "left", sampler=evaluation_sampler(dataset), shuffle=False)
-
-    def loader(self, dataset: VQADataset, padding_side: Literal["left", "right"], **arguments: Any) -> DataLoader:
-        """A DataLoader with this module's batch size, collate function and workers."""
-        tokenizer = self.encoder.tokenizer
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            collate_fn=VQACollate(tokenizer.pad_token_id, padding_side),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            **arguments,
-        )
+    def collate(self, split: str) -> Callable[[list[dict[str, Any]]], VQABatch]:
+        """Training pads on the right; evaluation pads on the left, so every prompt ends where generation starts."""
+        self.setup()
+        return VQACollate(self.encoder.tokenizer.pad_token_id, "right" if split == "train" else "left")
 
 
 class RecordReader:
@@ -358,26 +278,18 @@ class RecordReader:
 
     def read_jsonl(self, path: Path) -> list[VQARecord]:
         """One record per non-empty line; a line that is not a JSON object is a DataError naming it."""
-        if not path.is_file():
-            raise DataError(path, None, "split file not found", "add it, or split one file with data.annotation_file")
         records = []
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    records.append(self.jsonl_record(path, number, line))
-                except DataError as error:
-                    self.policy.reject(error)
+        for number, line in jsonl_lines(path, missing="add it, or split one file with data.annotation_file"):
+            try:
+                records.append(self.jsonl_record(path, number, line))
+            except DataError as error:
+                self.policy.reject(error)
         return records
 
     def jsonl_record(self, path: Path, number: int, line: str) -> VQARecord:
         """One parsed and checked JSONL line."""
         where = f"line {number}"
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(path, where, f"malformed JSON: {error.msg}", "fix the line") from None
+        item = parse_json_line(path, number, line)
         if not isinstance(item, dict):
             raise DataError(path, where, f"malformed record: a {type(item).__name__}, not an object", "fix the line")
         image = item.get("image")
@@ -500,17 +412,10 @@ def with_candidates(record: VQARecord, candidates: dict[str, tuple[str, ...]]) -
     return replace(record, turns=turns)
 
 
-def split_by_image(
-    records: list[VQARecord], fractions: tuple[float, float, float], seed: int
-) -> dict[str, list[VQARecord]]:
-    """Train/val/test by image: the sorted image ids shuffled with `seed`, cut at the fractions."""
-    images = sorted({record.image for record in records})
-    random.Random(seed).shuffle(images)
-    n_train = round(len(images) * fractions[0])
-    n_val = round(len(images) * fractions[1])
-    split_of = {image: "train" for image in images[:n_train]}
-    split_of |= {image: "val" for image in images[n_train : n_train + n_val]}
-    split_of |= {image: "test" for image in images[n_train + n_val :]}
+def split_by_image(records: list[VQARecord], fractions: Sequence[float], seed: int) -> dict[str, list[VQARecord]]:
+    """Train/val/test by image (`files.seeded_split` of the image ids), so no image is in two splits."""
+    images = seeded_split(list({record.image for record in records}), fractions, seed)
+    split_of = {image: split for split, names in images.items() for image in names}
     return {split: [record for record in records if split_of[record.image] == split] for split in SPLITS}
 
 
@@ -527,12 +432,3 @@ def check_disjoint(splits: dict[str, list[VQARecord]]) -> None:
                     f"image in two splits: '{record.image}' is in {split} here and in {seen[0]} at {seen[1].record}",
                     "keep every image's questions in one split file",
                 )
-
-
-def open_image(path: Path) -> Image.Image:
-    """Open and decode an image as RGB, turning a corrupt file into a DataError."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, UnidentifiedImageError, SyntaxError) as error:
-        raise DataError(path, None, f"cannot be decoded as an image: {error}", "replace or remove the file") from None

@@ -7,7 +7,8 @@
   scored by its mean token log-likelihood after the prompt; the best one is the answer. The candidates of one
   question are scored in one forward pass.
 Questions with candidates (the closed types) use the configured decoding; open questions are always free. The
-answer's tokens are `prompts.answer_token_ids`, exactly what training supervised.
+answer's tokens are `prompts.answer_token_ids`, exactly what training supervised. The model is called with the
+batch's declared inputs (`VQABatch.model_inputs`), of the rows being decoded.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from typing import Any, Literal
 import torch
 
 from vigil.core.errors import ConfigError
-from vigil.tasks.vqa.data import VQABatch
 from vigil.tasks.vqa.model import VisionLanguageModel
 from vigil.tasks.vqa.prompts import answer_token_ids
 from vigil.tasks.vqa.question_types import OPEN_TYPE
+from vigil.tasks.vqa.records import VQABatch
 
 DecodingName = Literal["free", "constrained", "rank"]
 DECODINGS = ("free", "constrained", "rank")
+# The model inputs that hold images rather than one row per sequence (Qwen2-VL: patches of every image).
+IMAGE_INPUTS = ("pixel_values", "image_grid_thw")
 
 
 class AnswerTrie:
@@ -79,11 +82,12 @@ class Decoder:
     ) -> list[str]:
         """Greedy answers of `rows`, those in `constrained` spelling one of their candidates."""
         tokenizer = model.tokenizer
+        inputs = select_rows(batch.model_inputs(), rows)
         tries = [self.trie(tokenizer, batch.candidates[row]) if row in constrained else None for row in rows]
         max_new_tokens = max([self.max_new_tokens] + [trie.depth for trie in tries if trie is not None])
         allowed_fn = None
         if constrained:
-            prompt_length = batch.input_ids.shape[1]
+            prompt_length = inputs["input_ids"].shape[1]
             everything = list(range(len(tokenizer)))
             eos = [tokenizer.eos_token_id]
 
@@ -93,15 +97,7 @@ class Decoder:
                     return everything
                 return trie.allowed(sequence[prompt_length:].tolist()) or eos
 
-        pixel_values, image_grid_thw = image_rows(batch.pixel_values, batch.image_grid_thw, rows)
-        new_tokens = model.generate(
-            batch.input_ids[rows],
-            batch.attention_mask[rows],
-            pixel_values,
-            image_grid_thw,
-            max_new_tokens=max_new_tokens,
-            prefix_allowed_tokens_fn=allowed_fn,
-        )
+        new_tokens = model.generate(**inputs, max_new_tokens=max_new_tokens, prefix_allowed_tokens_fn=allowed_fn)
         return [answer_from_tokens(tokenizer, tokens) for tokens in new_tokens.tolist()]
 
     def trie(self, tokenizer: Any, candidates: tuple[str, ...]) -> AnswerTrie:
@@ -128,7 +124,8 @@ def rank(model: VisionLanguageModel, batch: VQABatch, row: int) -> str:
     """The candidate of `row` with the highest mean log-likelihood of its tokens (end-of-sequence included)."""
     tokenizer = model.tokenizer
     candidates = batch.candidates[row]
-    prompt = batch.input_ids[row][batch.attention_mask[row].bool()]
+    inputs = batch.model_inputs()
+    prompt = inputs["input_ids"][row][inputs["attention_mask"][row].bool()]
     answers = [torch.tensor(answer_token_ids(tokenizer, c), device=prompt.device) for c in candidates]
     longest = max(len(answer) for answer in answers)
     count, length = len(candidates), prompt.numel() + longest
@@ -140,12 +137,22 @@ def rank(model: VisionLanguageModel, batch: VQABatch, row: int) -> str:
         answer_mask[index, : len(answer)] = True
     attention_mask = torch.ones_like(input_ids)
     attention_mask[:, prompt.numel() :] = answer_mask
-    pixel_values, image_grid_thw = image_rows(batch.pixel_values, batch.image_grid_thw, [row] * count)
+    # One row per candidate: the row's images repeated, its prompt followed by each candidate.
+    candidate_inputs = select_rows(inputs, [row] * count) | {"input_ids": input_ids, "attention_mask": attention_mask}
     # The logits at the last prompt token and every answer position but the last predict the answer tokens.
-    logits = model.tail_logits(input_ids, attention_mask, pixel_values, image_grid_thw, longest + 1)[:, :-1]
+    logits = model.tail_logits(**candidate_inputs, last=longest + 1)[:, :-1]
     log_probs = logits.float().log_softmax(-1).gather(-1, input_ids[:, -longest:, None]).squeeze(-1)
     scores = (log_probs * answer_mask).sum(1) / answer_mask.sum(1)
     return candidates[int(scores.argmax())]
+
+
+def select_rows(inputs: dict[str, Any], rows: Sequence[int]) -> dict[str, Any]:
+    """The model inputs of `rows` of a batch (repeats allowed): those rows of each per-sequence input, and the
+    images of those rows."""
+    index = torch.as_tensor(list(rows), device=inputs["input_ids"].device)
+    selected = {name: value[index] for name, value in inputs.items() if name not in IMAGE_INPUTS}
+    pixel_values, image_grid_thw = image_rows(inputs["pixel_values"], inputs["image_grid_thw"], rows)
+    return selected | {"pixel_values": pixel_values, "image_grid_thw": image_grid_thw}
 
 
 def image_rows(

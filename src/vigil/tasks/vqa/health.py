@@ -12,16 +12,15 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from PIL import Image
 
 from vigil.core.guardrails import AuditReport
+from vigil.tasks.vqa.masking import VQAMasking
 from vigil.tasks.vqa.prompts import PromptEncoder, Role
-
-if TYPE_CHECKING:
-    from vigil.tasks.vqa.data import Catalog, VQARecord
+from vigil.tasks.vqa.records import Catalog, VQARecord
 
 ANSWER_ROLES = (int(Role.ANSWER), int(Role.FINAL_ANSWER))
 NAMED_RECORDS = 3
@@ -59,7 +58,7 @@ class ImageSegments:
         return self.by_size[size]
 
 
-def audit_records(catalog: Catalog, encoder: PromptEncoder, masking: Any, max_length: int) -> AuditReport:
+def audit_splits(catalog: Catalog, encoder: PromptEncoder, masking: VQAMasking, max_length: int) -> AuditReport:
     """Per split: questions per type, sequence lengths, supervised tokens per sample and type, truncation; for
     training, candidates per closed type and the majority answers; hard errors for unusable training samples."""
     report = AuditReport()
@@ -90,7 +89,9 @@ def source_summary(catalog: Catalog) -> dict[str, Any]:
     }
 
 
-def check_sample(record: VQARecord, encoder: PromptEncoder, image: Any, masking: Any, max_length: int) -> SampleCheck:
+def check_sample(
+    record: VQARecord, encoder: PromptEncoder, image: Any, masking: VQAMasking, max_length: int
+) -> SampleCheck:
     """Encode a record as training does, truncate it, apply the masking, and check every supervised answer."""
     encoding = encoder.encode(image, record.turns)
     roles = torch.tensor(encoding.roles)
@@ -162,7 +163,7 @@ def split_summary(records: list[VQARecord], checks: list[SampleCheck]) -> dict[s
     }
 
 
-def judge(report: AuditReport, split: str, checks: list[SampleCheck], masking: Any, max_length: int) -> None:
+def judge(report: AuditReport, split: str, checks: list[SampleCheck], masking: VQAMasking, max_length: int) -> None:
     """Hard errors for training samples the loss cannot use as intended; warnings for the evaluation splits."""
     problems = {
         "have their final answer cut by data.max_length": (
@@ -210,13 +211,14 @@ def mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def supervised_token_stats(labels_mask: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, float]:
-    """`supervised_tokens` of a training batch, and their share of its real tokens (`supervised_fraction`)."""
-    supervised = float(labels_mask.sum())
+def health_stats(masking: VQAMasking, token_role: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, float]:
+    """`supervised_tokens` of a training batch (those the shifted loss sees: never the first token), and their
+    share of its real tokens (`supervised_fraction`)."""
+    supervised = float(masking(token_role)[:, 1:].sum())
     return {"supervised_tokens": supervised, "supervised_fraction": supervised / max(1.0, float(attention_mask.sum()))}
 
 
-def supervision_alerts(stats: dict[str, float], min_supervised_tokens: float) -> dict[str, str]:
+def health_alerts(stats: dict[str, float], *, min_supervised_tokens: float) -> dict[str, str]:
     """An alert when a batch trains on (almost) no tokens: its loss is zero and teaches nothing."""
     if stats["supervised_tokens"] >= min_supervised_tokens:
         return {}

@@ -34,11 +34,12 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from vigil.core.config import unpacks
 from vigil.core.errors import ConfigError
 from vigil.core.synthetic import ensure_synthetic
 from vigil.core.tiny import byte_level_bpe_tokenizer, with_padding
-from vigil.tasks.vqa.metrics import QUESTION_TYPES
 from vigil.tasks.vqa.prompts import SYSTEM_PROMPT, Turn, answer_text, prompt_text
+from vigil.tasks.vqa.question_types import QUESTION_TYPES
 from vigil.tasks.vqa.synthetic import text_corpus
 
 TINY = "tiny"
@@ -63,6 +64,16 @@ class TinyLlava:
     heads: int = 4
     max_position_embeddings: int = 1024
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class LoraAdapters:
+    """LoRA adapters (peft) on the layers whose names end in `target_modules` (or match it, as one regex)."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: Sequence[str] | str = ()
 
 
 @dataclass(frozen=True)
@@ -143,6 +154,7 @@ class VisionLanguageModel(nn.Module):
         return {"pixel_values": pixel_values, "image_grid_thw": image_grid_thw, "mm_token_type_ids": modality}
 
 
+@unpacks(tiny=TinyLlava, lora=LoraAdapters)
 def vision_language_model(
     name_or_path: str = TINY,
     cache_dir: str = ".",
@@ -172,18 +184,21 @@ def vision_language_model(
         if any(pattern.search(name) for pattern in patterns):
             parameter.requires_grad_(False)
     if lora:
-        model = with_lora(model, **lora)
+        model = with_lora(model, LoraAdapters(**lora))
     return VisionLanguageModel(model, tokenizer)
 
 
-def with_lora(
-    model: PreTrainedModel, r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules: Sequence[str] = ()
-) -> nn.Module:
-    """The model with LoRA adapters on `target_modules` (module-name suffixes or one regex); only they train."""
-    if not target_modules:
+def with_lora(model: PreTrainedModel, adapters: LoraAdapters) -> nn.Module:
+    """The model with LoRA adapters added by peft; only they train."""
+    if not adapters.target_modules:
         raise ConfigError("model.lora.target_modules is empty: name the layers to adapt, e.g. [q_proj, v_proj]")
-    targets = target_modules if isinstance(target_modules, str) else list(target_modules)
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
+    targets = adapters.target_modules
+    config = LoraConfig(
+        r=adapters.r,
+        lora_alpha=adapters.alpha,
+        lora_dropout=adapters.dropout,
+        target_modules=targets if isinstance(targets, str) else list(targets),
+    )
     return get_peft_model(model, config)
 
 

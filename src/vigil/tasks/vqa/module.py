@@ -3,8 +3,9 @@
 Training minimises the token cross-entropy of the supervised labels (the masking's choice of roles). Validation
 and test ask every turn of their split, decode the answers (`decoding.py`) and score them per question type; the
 majority answer of each type in the training split is scored beside them (`acc_majority`), so every run reports
-the baseline it has to beat. At test end the per-type table is printed, every prediction is written to
-`predictions.jsonl` in the run directory (gathered from every rank), and logged as a wandb table when wandb logs.
+the baseline it has to beat; `samples` is the number of questions scored, over every rank. At test end the
+per-type table is printed, every prediction is written to `predictions.jsonl` in the run directory (gathered from
+every rank), and logged as a wandb table when wandb logs.
 """
 
 from __future__ import annotations
@@ -21,32 +22,35 @@ import torch.distributed as dist
 from pytorch_lightning.loggers import WandbLogger
 from torch import nn
 
-from vigil.core.guardrails import check_finite_loss
-from vigil.core.module import TaskModule
+from vigil.core.files import open_image
+from vigil.core.module import TaskModule, TrainingLoss
 from vigil.core.pictures import publish_figure
-from vigil.tasks.vqa.data import VQABatch, open_image
+from vigil.tasks.vqa.answers import answers_match
 from vigil.tasks.vqa.decoding import Decoder, DecodingName
-from vigil.tasks.vqa.health import supervised_token_stats, supervision_alerts
-from vigil.tasks.vqa.masking import Masking
-from vigil.tasks.vqa.metrics import PerTypeAccuracy, answers_match
+from vigil.tasks.vqa.health import health_alerts, health_stats
+from vigil.tasks.vqa.masking import VQAMasking, supervised_labels
+from vigil.tasks.vqa.metrics import PerTypeAccuracy
 from vigil.tasks.vqa.model import VisionLanguageModel
 from vigil.tasks.vqa.pictures import answer_grid
+from vigil.tasks.vqa.records import VQABatch, VQAContext
 
 log = logging.getLogger(__name__)
 PREDICTIONS_FILE = "predictions.jsonl"
 SPLITS = ("val", "test")
+TableRow = tuple[str, int, int, float, float]
 
 
 class VQAModule(TaskModule):
     """Fine-tunes a vision-language model on the supervised answer tokens; evaluates answers per question type."""
 
     task_name = "vqa"
+    alert_rule = staticmethod(health_alerts)
 
     def __init__(
         self,
         model: VisionLanguageModel,
         loss: nn.Module,
-        masking: Masking,
+        masking: VQAMasking,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
         decoding: DecodingName = "constrained",
@@ -70,51 +74,37 @@ class VQAModule(TaskModule):
         self.frozen = {name for name, parameter in self.named_parameters() if not parameter.requires_grad}
         self.strict_loading = not self.frozen
 
-    def setup(self, stage: str) -> None:
+    def use_context(self, context: VQAContext) -> None:
         """The majority answers of the training split, for the baseline."""
-        catalog = getattr(self.trainer.datamodule, "catalog", None)
-        if catalog is not None:
-            self.majority = dict(catalog.majority)
+        self.majority = dict(context.majority_answers)
 
-    def forward_batch(self, batch: VQABatch) -> torch.Tensor:
-        """Next-token logits of the batch's input fields, passed by name."""
-        return self.model(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            pixel_values=batch.pixel_values,
-            image_grid_thw=batch.image_grid_thw,
-        )
+    def training_loss(self, batch: VQABatch) -> TrainingLoss:
+        """Token cross-entropy of the labels the masking supervises."""
+        labels = supervised_labels(self.masking, batch.input_ids, batch.token_role)
+        return TrainingLoss(self.loss(self.forward_batch(batch), labels))
 
-    def training_step(self, batch: VQABatch, batch_idx: int) -> dict[str, torch.Tensor]:
-        labels = self.masking.labels(batch.input_ids, batch.token_role)
-        loss = self.loss(self.forward_batch(batch), labels)
-        check_finite_loss(loss.detach(), self.global_step, self.current_epoch)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch))
-        return {"loss": loss}
-
-    def validation_step(self, batch: VQABatch, batch_idx: int) -> None:
-        predictions = self._evaluate(batch, "val")
-        if batch_idx == 0 and self.pictures:
+    def evaluate(self, batch: VQABatch, split: str, batch_idx: int) -> None:
+        """Decode and score every question of the batch; keep test rows for predictions.jsonl, and the first
+        validation batch's questions for the pictures."""
+        predictions = self.decoder(self.model, batch)
+        self.metrics[split].update(predictions, batch.answer, batch.question_type)
+        self.baselines[split].update(self.majority_answers(batch), batch.answer, batch.question_type)
+        if split == "test":
+            self.predictions += self.rows(batch, predictions)
+        elif batch_idx == 0 and self.pictures:
             # One question per image: the first batch asks several questions about each of its images.
             first_of_image: dict[str, dict[str, Any]] = {}
-            for row in self._rows(batch, predictions):
+            for row in self.rows(batch, predictions):
                 first_of_image.setdefault(row["image"], row)
             self.picture_samples = list(first_of_image.values())[: self.pictures]
 
-    def test_step(self, batch: VQABatch, batch_idx: int) -> None:
-        self.predictions += self._rows(batch, self._evaluate(batch, "test"))
-
-    def _evaluate(self, batch: VQABatch, split: str) -> list[str]:
-        predictions = self.decoder(self.model, batch)
-        self.metrics[split].update(predictions, batch.answer, batch.question_type)
-        self.baselines[split].update(self._majority_answers(batch), batch.answer, batch.question_type)
-        return predictions
-
-    def _majority_answers(self, batch: VQABatch) -> list[str]:
+    def majority_answers(self, batch: VQABatch) -> list[str]:
+        """The baseline's answer to each question: its type's most frequent training answer."""
         return [self.majority.get(question_type, "") for question_type in batch.question_type]
 
-    def _rows(self, batch: VQABatch, predictions: list[str]) -> list[dict[str, Any]]:
-        majority = self._majority_answers(batch)
+    def rows(self, batch: VQABatch, predictions: list[str]) -> list[dict[str, Any]]:
+        """One predictions.jsonl row per question of the batch."""
+        majority = self.majority_answers(batch)
         return [
             {
                 "id": batch.id[i],
@@ -131,14 +121,23 @@ class VQAModule(TaskModule):
             for i in range(len(batch))
         ]
 
-    def on_validation_epoch_end(self) -> None:
-        self._log_metrics("val")
-        if self.picture_samples and not self.trainer.sanity_checking and self.trainer.is_global_zero:
-            self._draw_pictures()
-        self.picture_samples = []
+    def log_metrics(self, split: str) -> None:
+        """Log the split's accuracies, answers scored and the majority baseline's accuracies; at test end also
+        print the per-type table and write every prediction (gathered on every rank, written on rank zero)."""
+        metric, baseline = self.metrics[split], self.baselines[split]
+        values = dict(metric.compute())
+        majority = {name: value for name, value in baseline.compute().items() if name.startswith("acc")}
+        values |= {name.replace("acc", "acc_majority", 1): value for name, value in majority.items()}
+        self.log_split(split, values)
+        baseline_accuracy = {row[0]: row[3] for row in baseline.table()}
+        table = [(*row, baseline_accuracy[row[0]]) for row in metric.table()]
+        metric.reset()
+        baseline.reset()
+        if split == "test":
+            self.publish_predictions(table)
 
-    def on_test_epoch_end(self) -> None:
-        table = self._log_metrics("test")
+    def publish_predictions(self, table: list[TableRow]) -> None:
+        """Print the per-type table, write predictions.jsonl and log both to wandb (the gather on every rank)."""
         rows = sorted(gather_objects(self.predictions), key=lambda row: row["id"])
         self.predictions = []
         if not self.trainer.is_global_zero:
@@ -147,23 +146,11 @@ class VQAModule(TaskModule):
         write_predictions(Path(self.trainer.default_root_dir) / PREDICTIONS_FILE, rows)
         log_wandb_tables(self.trainer.loggers, table, rows)
 
-    def _log_metrics(self, split: str) -> list[tuple[str, int, int, float, float]]:
-        """Log the split's accuracies and the majority baseline's; return the per-type table of both."""
-        metric, baseline = self.metrics[split], self.baselines[split]
-        values = {f"{split}/{name}": value for name, value in metric.compute().items()}
-        majority = baseline.compute()
-        values |= {f"{split}/{name.replace('acc', 'acc_majority', 1)}": value for name, value in majority.items()}
-        # Already synced by torchmetrics; sync_dist only averages identical values (and quiets Lightning).
-        if values:
-            self.log_dict(values, sync_dist=True)
-        baseline_accuracy = {row[0]: row[3] for row in baseline.table()}
-        table = [(*row, baseline_accuracy[row[0]]) for row in metric.table()]
-        metric.reset()
-        baseline.reset()
-        return table
-
-    def _draw_pictures(self) -> None:
-        samples = self.picture_samples
+    def draw_pictures(self) -> None:
+        """The first validation batch's images with their question, true and predicted answer."""
+        samples, self.picture_samples = self.picture_samples, []
+        if not samples:
+            return
         figure = answer_grid(
             [np.asarray(open_image(Path(sample["image"]))) for sample in samples],
             [sample["question"] for sample in samples],
@@ -175,11 +162,7 @@ class VQAModule(TaskModule):
 
     def health_stats(self, outputs: dict[str, torch.Tensor], batch: VQABatch) -> dict[str, float]:
         """Supervised tokens of the batch (those the shifted loss sees) and their share of its real tokens."""
-        return supervised_token_stats(self.masking(batch.token_role)[:, 1:], batch.attention_mask)
-
-    def health_alerts(self, stats: dict[str, float], thresholds: dict[str, float]) -> dict[str, str]:
-        """A batch that trains on no token, judged with `conf/callbacks/health.yaml` (`vqa:`)."""
-        return supervision_alerts(stats, **thresholds)
+        return health_stats(self.masking, batch.token_role, batch.attention_mask)
 
     def configure_optimizers(self) -> Any:
         """As for every task, but the scheduler steps with every optimizer step: warm-up is counted in steps."""
@@ -207,7 +190,7 @@ def gather_objects(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [row for part in parts for row in part]
 
 
-def render_table(table: list[tuple[str, int, int, float, float]]) -> str:
+def render_table(table: list[TableRow]) -> str:
     """The per-type test table: type, count, correct, accuracy, and the majority answer's accuracy."""
     lines = [f"{'type':<14} {'count':>6} {'correct':>8} {'accuracy':>9} {'majority':>9}"]
     lines += [f"{name:<14} {n:>6} {right:>8} {acc:>9.1%} {base:>9.1%}" for name, n, right, acc, base in table]
@@ -225,7 +208,7 @@ def write_predictions(path: Path, rows: list[dict[str, Any]]) -> None:
     log.info("wrote %d predictions to %s", len(rows), path)
 
 
-def log_wandb_tables(loggers: list[Any], table: list[tuple[str, int, int, float, float]], rows: list[dict]) -> None:
+def log_wandb_tables(loggers: list[Any], table: list[TableRow], rows: list[dict[str, Any]]) -> None:
     """The per-type table and every prediction as wandb tables, when a WandbLogger is present."""
     for logger in loggers:
         if not isinstance(logger, WandbLogger):

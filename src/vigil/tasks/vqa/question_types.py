@@ -1,24 +1,22 @@
-"""Question types: inferred from the question text by ordered rules, and the candidate answers of closed types.
+"""Question types: the vocabulary, and the ordered rules that infer a question's type from its text.
 
-The types are the metric's (`yes_no`, `color`, `count_numeric`, `size_numeric`, `location`, `mcq`,
-`open_ended`). A record's own `question_type` wins; otherwise a record that lists `answer_candidates` is `mcq`,
-else the first rule (`{type, pattern}`, a case-insensitive regex searched in the question) that matches gives the
-type, else `open_ended`. Every type but `open_ended` is closed: its candidates are the configured ones followed
-by the answers the training split gives that type (at least `min_count` times, most frequent first), one per
-normalised form.
+The types are `yes_no`, `color`, `count_numeric`, `size_numeric`, `location`, `mcq` and `open_ended`. A record's
+own `question_type` wins; otherwise a record that lists `answer_candidates` is `mcq`, else the first rule
+(`{type, pattern}`, a case-insensitive regex searched in the question) that matches gives the type, else
+`open_ended`. Every type but `open_ended` is closed: it gets candidate answers (`answers.build_candidates`).
 """
 
 from __future__ import annotations
 
 import re
-from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from vigil.core.errors import ConfigError
-from vigil.tasks.vqa.metrics import QUESTION_TYPES, normalize_answer
-from vigil.tasks.vqa.prompts import Turn
 
+QUESTION_TYPES = ("yes_no", "color", "count_numeric", "size_numeric", "location", "mcq", "open_ended")
+# Types whose answers are quantities (counts, sizes with units), compared as numbers.
+NUMERIC_TYPES = ("count_numeric", "size_numeric")
 OPEN_TYPE = "open_ended"
 CLOSED_TYPES = tuple(question_type for question_type in QUESTION_TYPES if question_type != OPEN_TYPE)
 
@@ -60,46 +58,12 @@ class QuestionTypeRules:
 
 
 def check_type_name(name: str, where: str) -> None:
-    """A ConfigError unless `name` is a question type."""
+    """A ConfigError unless `name` is a question type (for names read from the config)."""
     if name not in QUESTION_TYPES:
         raise ConfigError(f"{where}={name!r} is not a question type; valid: {', '.join(QUESTION_TYPES)}")
 
 
-def build_candidates(
-    configured: Mapping[str, Sequence[str]], training_turns: Iterable[Turn], min_count: int = 1
-) -> dict[str, tuple[str, ...]]:
-    """The candidate answers of each closed type: configured first, then frequent training answers."""
-    for name in configured:
-        check_type_name(name, f"data.candidates.{name}")
-        if name == OPEN_TYPE:
-            raise ConfigError("data.candidates.open_ended: open questions have no candidates; remove the entry")
-    answers = {name: Counter() for name in CLOSED_TYPES}
-    for turn in training_turns:
-        if turn.question_type in answers:
-            answers[turn.question_type][turn.answer] += 1
-    candidates = {}
-    for name in CLOSED_TYPES:
-        frequent = [answer for answer, count in answers[name].most_common() if count >= min_count]
-        distinct = unique_by_normal_form([*configured.get(name, ()), *frequent])
-        if distinct:
-            candidates[name] = distinct
-    return candidates
-
-
-def unique_by_normal_form(answers: Iterable[str]) -> tuple[str, ...]:
-    """The answers in order, dropping any whose normalised form an earlier one already has."""
-    seen, kept = set(), []
-    for answer in answers:
-        form = normalize_answer(answer)
-        if form not in seen:
-            seen.add(form)
-            kept.append(answer)
-    return tuple(kept)
-
-
-def majority_answers(training_turns: Iterable[Turn]) -> dict[str, str]:
-    """The most frequent training answer of each question type (by normalised form): the baseline to beat."""
-    counts: dict[str, Counter] = {}
-    for turn in training_turns:
-        counts.setdefault(turn.question_type, Counter())[normalize_answer(turn.answer)] += 1
-    return {name: counter.most_common(1)[0][0] for name, counter in counts.items()}
+def check_question_type(question_type: str) -> None:
+    """Raise a ValueError naming `question_type` unless it is one of QUESTION_TYPES (for values in code)."""
+    if question_type not in QUESTION_TYPES:
+        raise ValueError(f"unknown question type {question_type!r}; expected one of {QUESTION_TYPES}")

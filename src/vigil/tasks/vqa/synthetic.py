@@ -18,16 +18,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from vigil.core.synthetic import ensure_synthetic
+from vigil.core.files import SPLITS
 
-NAME = "synthetic_vqa"
 IMAGE_DIR = "images"
-SPLITS = ("train", "val", "test")
 FIELD_OF_VIEW_MM = 48.0
 SUPERSAMPLING = 4
 
@@ -47,6 +45,8 @@ NUMBER_WORDS = ("zero", "one", "two", "three")
 class SyntheticVQA:
     """Parameters of the generated data set; its folder name is a hash of them."""
 
+    name: ClassVar[str] = "synthetic_vqa"
+
     num_images: int = 400
     image_size: int = 64
     val_fraction: float = 0.15
@@ -57,6 +57,10 @@ class SyntheticVQA:
     cm_fraction: float = 0.3
     word_count_fraction: float = 0.2
     seed: int = 0
+
+    def write(self, root: Path) -> None:
+        """Write the scenes under `root` as VQA JSONL split files and `images/`."""
+        write_scenes(root, self)
 
 
 @dataclass(frozen=True)
@@ -81,12 +85,7 @@ class Question:
     candidates: tuple[str, ...] = ()
 
 
-def ensure_synthetic_vqa(base: Path, spec: SyntheticVQA) -> Path:
-    """Return the data root for `spec` under `base`, writing it first if it is not complete."""
-    return ensure_synthetic(base, NAME, spec, write_synthetic_vqa)
-
-
-def write_synthetic_vqa(root: Path, spec: SyntheticVQA) -> None:
+def write_scenes(root: Path, spec: SyntheticVQA) -> None:
     """Write `spec.num_images` scenes, their questions as JSONL records per split, and the images."""
     rng = np.random.default_rng(spec.seed)
     (root / IMAGE_DIR).mkdir()

@@ -68,14 +68,6 @@ def test_wandb_offline_run_holds_config_and_logged_metrics(cli, tmp_path: Path):
     assert record.run_id == read_json(run / "run.json")["run_id"]
 
 
-def test_ddp_cpu_two_processes_train_and_evaluate(cli, tmp_path: Path):
-    run = tmp_path / "run"
-    result = cli("train", "trainer=ddp_cpu", "logger=csv", "trainer.max_epochs=1", f"hydra.run.dir={run}", *TINY)
-    assert result.returncode == 0, result.output
-    assert (run / "train_ddp_process_1.log").exists(), "the second rank ran"
-    assert {"val/dice", "test/dice"} <= set(read_json(run / "metrics.json"))
-
-
 def test_multirun_sweep_groups_runs_and_vigil_compare_tables_them(cli, tmp_path: Path):
     sweep = tmp_path / "sweep"
     result = cli(
