@@ -37,11 +37,12 @@ def split_size(key: str) -> Callable[[dict, dict, str], int]:
 
 
 def episode_queries(audit: dict, config: dict, split: str) -> int:
-    """CAPE scores every query of every fixed evaluation episode."""
-    return config["data"]["episodes"] * config["data"]["queries"]
+    """CAPE scores every query of every fixed evaluation episode: `episodes` per category of the split."""
+    return audit["splits"][split]["categories"] * config["data"]["episodes"] * config["data"]["queries"]
 
 
-# Segmentation scores the annotated images; VQA every question asked; CAPE every query of every episode.
+# Segmentation scores the annotated images; VQA every question asked; CAPE every query of every episode (each
+# tiny category has more instances than a support and its queries).
 EXPECTED_SAMPLES = {
     "segmentation": split_size("annotated"),
     "contrastive": split_size("samples"),
