@@ -10,7 +10,7 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from vigil.core.config import TASK_GROUPS, check_target_arguments, check_task_options, validate_config
+from vigil.core.config import TASK_GROUPS, check_target_arguments, validate_config
 from vigil.core.errors import ConfigError
 from vigil.train import CONF_DIR
 
@@ -116,7 +116,7 @@ def test_option_of_another_task_fails_naming_the_valid_ones():
     cfg, choices = compose_train(["loss=bce"])
     cfg.task.options.loss = ["dice", "focal"]
     with pytest.raises(ConfigError, match=r"^loss=bce is not an option of task=segmentation; valid: dice, focal$"):
-        check_task_options(cfg, choices)
+        validate_config(cfg, choices)
 
 
 def test_misspelled_key_on_the_command_line_fails_at_composition():

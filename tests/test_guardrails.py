@@ -142,3 +142,9 @@ def test_audit_report_json_and_scalars(tmp_path: Path):
         "audit/warnings": 1.0,
         "audit/errors": 0.0,
     }
+
+
+def test_audit_all_entry_counts_the_samples_of_every_split():
+    report = AuditReport(splits={"all": {"skipped": 2}, "train": {"samples": 7}, "val": {"samples": 2}})
+    report.count_all_samples()
+    assert report.splits["all"] == {"skipped": 2, "samples": 9}

@@ -52,11 +52,6 @@ def raise_problems(problems: list[str]) -> None:
         raise ConfigError(f"{len(problems)} problems in the composition:\n" + "\n".join(f"  {p}" for p in problems))
 
 
-def check_task_options(cfg: DictConfig, choices: Mapping[str, str | None]) -> None:
-    """Every task-owned group choice must be one of the options the task lists in `task.options`."""
-    raise_problems(list(task_option_problems(cfg, choices)))
-
-
 def check_target_arguments(cfg: DictConfig) -> None:
     """Every key beside a `_target_` (and inside a dict it unpacks) must be a parameter it takes."""
     raise_problems(list(target_argument_problems(cfg)))

@@ -29,6 +29,11 @@ class AuditReport:
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
+    def count_all_samples(self, splits: tuple[str, ...] = ("train", "val", "test")) -> None:
+        """Give the `all` entry the samples of every split, so each entry of `splits` has `samples`."""
+        total = sum(self.splits[split].get("samples", 0) for split in splits if split in self.splits)
+        self.splits.setdefault("all", {})["samples"] = total
+
     def to_json(self, path: Path) -> None:
         """Write the report as `audit.json`."""
         path.parent.mkdir(parents=True, exist_ok=True)

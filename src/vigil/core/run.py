@@ -52,6 +52,7 @@ def run_audit(datamodule: pl.LightningDataModule, module: pl.LightningModule, cf
     datamodule.prepare_data()
     datamodule.setup("fit")
     report = datamodule.audit(module.masking)
+    report.count_all_samples()
     try:
         check_forward_accepts(module.model, datamodule.batch_type)
     except VigilError as error:
