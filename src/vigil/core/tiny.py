@@ -28,6 +28,8 @@ class TokenizerSpec:
 
     vocab_size: int
     corpus_sha1: str
+    # Names how the vocabulary is built, so a folder written by an earlier builder is not reused.
+    builder: str = "counted-wordpiece"
 
 
 def corpus_digest(corpus: Sequence[str]) -> str:
