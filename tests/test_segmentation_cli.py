@@ -20,7 +20,9 @@ def test_fast_dev_run_completes_and_writes_the_run_directory(cli, tmp_path: Path
     metrics = read_json(run / "metrics.json")
     assert {"val/dice", "val/iou", "test/dice", "test/iou"} <= set(metrics)
     audit = read_json(run / "audit.json")
-    assert set(audit["splits"]) == {"train", "val", "test"}
+    assert set(audit["splits"]) == {"train", "val", "test", "all"}
+    splits = audit["splits"]
+    assert splits["all"]["samples"] == sum(splits[split]["samples"] for split in ("train", "val", "test")) == 48
     assert audit["errors"] == []
     assert audit["splits"]["train"]["unannotated"] > 0
 
