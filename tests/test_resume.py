@@ -7,9 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
-from vigil.core.errors import ConfigError
+from vigil.core.checkpoints import AtomicCheckpointIO
+from vigil.core.errors import CheckpointError, ConfigError
 from vigil.core.resume import find_resume_point
 
 
@@ -19,7 +21,7 @@ def make_run(root: Path, name: str, overrides: list[str], run_id: str, mtime: fl
     (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     (run / "checkpoints").mkdir()
     last = run / "checkpoints" / "last.ckpt"
-    last.write_bytes(b"checkpoint")
+    torch.save({"global_step": 3, "state_dict": {"w": torch.zeros(2)}}, last)
     if mtime is not None:
         os.utime(last, (mtime, mtime))
     (run / "run.json").write_text(json.dumps({"run_id": run_id}))
@@ -56,3 +58,47 @@ def test_resume_of_a_directory_without_last_checkpoint_says_what_is_missing(tmp_
 
 def test_no_resume_requested_means_a_fresh_run(tmp_path: Path):
     assert find_resume_point(False, None, [], tmp_path, tmp_path / "x") is None
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_a_truncated_last_checkpoint_falls_back_to_the_newest_readable_one(tmp_path: Path, caplog):
+    run = make_run(tmp_path, "a", ["loss=dice"], "abc", mtime=3_000)
+    best = run / "checkpoints" / "best.ckpt"
+    torch.save({"global_step": 2}, best)
+    os.utime(best, (2_000, 2_000))
+    truncate(run / "checkpoints" / "last.ckpt")
+    with caplog.at_level("WARNING"):
+        point = find_resume_point(True, None, ["loss=dice"], tmp_path, tmp_path / "x")
+    assert point.ckpt_path == best.resolve()
+    assert f"{run / 'checkpoints' / 'last.ckpt'}: checkpoint is truncated or corrupt (" in caplog.text
+    assert f"resuming from {best}" in caplog.text
+
+
+def test_no_readable_checkpoint_is_one_error_naming_them(tmp_path: Path):
+    run = make_run(tmp_path, "a", ["loss=dice"], "abc")
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"^no readable checkpoint to resume from among .*last\.ckpt"):
+        find_resume_point(str(run), None, [], tmp_path, tmp_path / "x")
+
+
+def test_an_explicit_corrupt_checkpoint_is_refused_in_one_line(tmp_path: Path):
+    run = make_run(tmp_path, "a", ["loss=dice"], "abc")
+    last = run / "checkpoints" / "last.ckpt"
+    truncate(last)
+    with pytest.raises(CheckpointError) as refused:
+        find_resume_point(False, str(last), [], tmp_path, tmp_path / "x")
+    assert str(refused.value).startswith(f"{last}: checkpoint is truncated or corrupt (")
+    assert "\n" not in str(refused.value)
+
+
+def test_a_write_that_fails_midway_leaves_the_previous_checkpoint(tmp_path: Path):
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"global_step": 1}, path)
+    with pytest.raises(Exception, match="pickle"):
+        io.save_checkpoint({"global_step": 2, "unpicklable": lambda: None}, path)
+    assert torch.load(path, weights_only=True) == {"global_step": 1}
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"], "no staging file left behind"

@@ -9,18 +9,18 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
-import torch
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from vigil.core.checkpoints import load_checkpoint, refusing_untrusted
 from vigil.core.config import check_target_arguments
 from vigil.core.errors import ConfigError, exit_on_vigil_error
 from vigil.core.run import build_module, write_json
 from vigil.train import CONF_DIR
 
-EVAL_ONLY_KEYS = ("ckpt_path=", "splits=")
+EVAL_ONLY_KEYS = ("ckpt_path=", "splits=", "trust_checkpoint=")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
@@ -37,27 +37,32 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = Path(cfg.ckpt_path)
     if not ckpt_path.is_file():
         raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
-    train_cfg = training_config(ckpt_path)
+    train_cfg = training_config(ckpt_path, cfg.trust_checkpoint)
     check_target_arguments(train_cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(train_cfg.data)
     module = build_module(train_cfg)
     trainer = instantiate(cfg.trainer, logger=[instantiate(node) for node in cfg.logger.values()] or False)
     metrics: dict[str, float] = {}
+    trusted_only = not cfg.trust_checkpoint
     for split in cfg.splits:
         run = {"val": trainer.validate, "test": trainer.test}.get(split)
         if run is None:
             raise ConfigError(f"splits: unknown split {split!r}; valid: val, test")
-        for result in run(module, datamodule=datamodule, ckpt_path=str(ckpt_path), verbose=False):
+        with refusing_untrusted(ckpt_path):
+            results = run(
+                module, datamodule=datamodule, ckpt_path=str(ckpt_path), verbose=False, weights_only=trusted_only
+            )
+        for result in results:
             metrics.update({key: float(value) for key, value in result.items()})
     if trainer.is_global_zero:
         write_json(Path(cfg.paths.output_dir) / "metrics.json", dict(sorted(metrics.items())))
     return metrics
 
 
-def training_config(ckpt_path: Path) -> DictConfig:
+def training_config(ckpt_path: Path, trust: bool = False) -> DictConfig:
     """Compose the training config from the overrides stored in the checkpoint plus this command's overrides."""
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint(ckpt_path, trust)
     stored = checkpoint.get("vigil")
     if stored is None:
         raise ConfigError(f"{ckpt_path}: not a vigil checkpoint (no stored composition); evaluate it in its run")

@@ -28,6 +28,10 @@ class DataError(VigilError):
         super().__init__(f"{where}: {what} ({todo})")
 
 
+class CheckpointError(VigilError):
+    """A checkpoint that cannot be opened, or may not be opened without the user's trust."""
+
+
 class AuditError(VigilError):
     """The audit found facts about the data that make training meaningless."""
 

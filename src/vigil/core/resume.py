@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from vigil.core.errors import ConfigError
+from vigil.core.checkpoints import newest_readable, unreadable_reason
+from vigil.core.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
 
 IGNORED_OVERRIDES = ("resume=", "ckpt_path=")
 RUN_FILE = "run.json"
@@ -43,6 +47,9 @@ def find_resume_point(
         path = Path(ckpt_path)
         if not path.is_file():
             raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+        reason = unreadable_reason(path)
+        if reason is not None:
+            raise CheckpointError(f"{path}: checkpoint is {reason} (give another ckpt_path=)")
         run_dir = path.resolve().parent.parent
         return ResumePoint(path.resolve(), run_dir, read_run_id(run_dir))
     if resume is False or resume is None:
@@ -54,7 +61,16 @@ def find_resume_point(
     last = run_dir / "checkpoints" / "last.ckpt"
     if not last.is_file():
         raise ConfigError(f"resume={resume}: {last} does not exist (nothing to resume; drop resume=)")
-    return ResumePoint(last.resolve(), run_dir.resolve(), read_run_id(run_dir))
+    chosen = newest_readable([last, *earlier_checkpoints(last)])
+    if chosen != last:
+        log.warning("resuming from %s instead of %s", chosen, last)
+    return ResumePoint(chosen.resolve(), run_dir.resolve(), read_run_id(run_dir))
+
+
+def earlier_checkpoints(last: Path) -> list[Path]:
+    """The other checkpoints of a run, newest first: where to fall back when `last.ckpt` cannot be read."""
+    others = [path for path in last.parent.glob("*.ckpt") if path.name != last.name]
+    return sorted(others, key=lambda path: path.stat().st_mtime, reverse=True)
 
 
 def latest_matching_run(overrides: list[str], output_root: Path, current_dir: Path) -> Path:

@@ -5,6 +5,7 @@ compose -> validate -> seed -> prepare data -> audit -> fit (with monitors) -> t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -19,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
 from vigil.core.batch import check_forward_accepts
+from vigil.core.checkpoints import AtomicCheckpointIO, refusing_untrusted
 from vigil.core.config import validate_config
 from vigil.core.errors import AuditError, VigilError
 from vigil.core.guardrails import AuditReport
@@ -93,7 +95,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer = build_trainer(cfg, identity, extra_callbacks=[record])
     log_run_start(trainer, cfg, report)
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume.ckpt_path) if resume else None)
+        trusted_only = not cfg.trust_checkpoint
+        with refusing_untrusted(resume.ckpt_path) if resume else contextlib.nullcontext():
+            trainer.fit(
+                module,
+                datamodule=datamodule,
+                ckpt_path=str(resume.ckpt_path) if resume else None,
+                weights_only=trusted_only,
+            )
         metrics = final_metrics(trainer, module, datamodule, cfg.run_test)
     finally:
         finish(trainer.loggers)
@@ -113,7 +122,9 @@ def build_trainer(cfg: DictConfig, identity: RunIdentity, extra_callbacks: list[
             continue
         filled = {key: identity_values[key] for key in open_identity_fields(node)}
         loggers.append(instantiate(node, **filled))
-    return instantiate(cfg.trainer, callbacks=callbacks + extra_callbacks, logger=loggers or False)
+    return instantiate(
+        cfg.trainer, callbacks=callbacks + extra_callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
 
 
 def log_run_start(trainer: pl.Trainer, cfg: DictConfig, report: AuditReport) -> None:
@@ -130,9 +141,10 @@ def final_metrics(
     """Validate (and test) the best checkpoint, or the final weights when no checkpoint was kept."""
     checkpoint = trainer.checkpoint_callback
     ckpt = "best" if checkpoint is not None and checkpoint.best_model_path else None
-    results = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+    # The best checkpoint was written by this run: it loads with weights_only like any other.
+    results = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False, weights_only=True)
     if run_test:
-        results += trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+        results += trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False, weights_only=True)
     metrics: dict[str, float] = {}
     for result in results:
         metrics.update({key: float(value) for key, value in result.items()})

@@ -1,0 +1,64 @@
+"""Trusted loading: checkpoints open with tensors and plain containers only, unless the user trusts the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, read_json
+
+from vigil.core.checkpoints import load_checkpoint
+from vigil.core.errors import CheckpointError
+
+
+def test_a_checkpoint_of_tensors_and_containers_loads(tmp_path: Path):
+    path = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "vigil": {"overrides": ["loss=dice"], "run_id": "abc"}}, path)
+    checkpoint = load_checkpoint(path)
+    assert checkpoint["vigil"]["overrides"] == ["loss=dice"]
+    assert torch.equal(checkpoint["state_dict"]["w"], torch.ones(2))
+
+
+def test_a_checkpoint_needing_arbitrary_unpickling_is_refused_in_one_line(tmp_path: Path):
+    path = tmp_path / "shared.ckpt"
+    torch.save({"state_dict": {}, "where": Path("elsewhere")}, path)
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(path)
+    message = str(refused.value)
+    assert message.startswith(f"{path}: refused: loading it needs arbitrary unpickling (it stores pathlib.")
+    assert message.endswith("with trust_checkpoint=true")
+    assert "\n" not in message
+    assert load_checkpoint(path, trust=True)["where"] == Path("elsewhere")
+
+
+def test_a_file_that_is_not_a_checkpoint_dictionary_is_refused(tmp_path: Path):
+    path = tmp_path / "tensor.ckpt"
+    torch.save(torch.zeros(3), path)
+    with pytest.raises(CheckpointError, match="holds a Tensor, not a checkpoint dictionary"):
+        load_checkpoint(path)
+
+
+def test_eval_and_resume_refuse_an_untrusted_checkpoint_and_eval_opens_it_when_trusted(cli, tmp_path: Path):
+    run = tmp_path / "run"
+    trained = cli("train", "logger=csv", "trainer.max_epochs=1", f"hydra.run.dir={run}", *TINY)
+    assert trained.returncode == 0, trained.output
+    shared = tmp_path / "shared.ckpt"
+    checkpoint = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    checkpoint["note"] = Path("from a stranger")
+    torch.save(checkpoint, shared)
+
+    refused = cli("eval", f"ckpt_path={shared}", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert refused.returncode == 1
+    assert refused.stderr.startswith(f"CheckpointError: {shared}: refused: loading it needs arbitrary unpickling")
+    assert refused.stderr.count("\n") == 1, "one line, not a traceback"
+
+    resumed = cli("train", f"ckpt_path={shared}", "logger=csv", f"hydra.run.dir={tmp_path / 'again'}", *TINY)
+    assert resumed.returncode == 1
+    assert resumed.stderr.startswith(f"CheckpointError: {shared}: refused:")
+
+    trusted = cli("eval", f"ckpt_path={shared}", "trust_checkpoint=true", f"hydra.run.dir={tmp_path / 'trusted'}")
+    assert trusted.returncode == 0, trusted.output
+    assert read_json(tmp_path / "trusted" / "metrics.json")["test/dice"] == pytest.approx(
+        read_json(run / "metrics.json")["test/dice"], abs=1e-5
+    )
