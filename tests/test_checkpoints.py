@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import TINY, read_json
 
-from vigil.core.checkpoints import load_checkpoint
-from vigil.core.errors import CheckpointError
+from vigil.core.checkpoints import check_checkpoint_folder, checkpoint_bytes, load_checkpoint
+from vigil.core.errors import CheckpointError, OutputError
 
 
 def test_a_checkpoint_of_tensors_and_containers_loads(tmp_path: Path):
@@ -62,3 +63,32 @@ def test_eval_and_resume_refuse_an_untrusted_checkpoint_and_eval_opens_it_when_t
     assert read_json(tmp_path / "trusted" / "metrics.json")["test/dice"] == pytest.approx(
         read_json(run / "metrics.json")["test/dice"], abs=1e-5
     )
+
+
+def test_a_checkpoint_folder_that_cannot_be_written_is_one_line(tmp_path: Path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(OutputError) as refused:
+        check_checkpoint_folder(blocker / "checkpoints", torch.nn.Linear(2, 2))
+    assert str(refused.value).startswith(f"{blocker / 'checkpoints'}: checkpoints cannot be written there (")
+    assert "\n" not in str(refused.value)
+
+
+def test_a_disk_without_room_for_one_checkpoint_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    model = torch.nn.Linear(1024, 1024)
+    assert checkpoint_bytes(model) == 3 * (1024 * 1024 + 1024) * 4, "weights and two optimizer moments"
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10, 10, 2**20))
+    with pytest.raises(OutputError, match=r": 1 MiB free, one checkpoint needs about 12 MiB \("):
+        check_checkpoint_folder(tmp_path, model)
+
+
+def test_train_stops_before_fit_when_checkpoints_cannot_be_written(cli, tmp_path: Path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    run = tmp_path / "run"
+    dirpath = f"callbacks.model_checkpoint.dirpath={blocker / 'checkpoints'}"
+    result = cli("train", "logger=csv", dirpath, f"hydra.run.dir={run}", *TINY)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"OutputError: {blocker / 'checkpoints'}: checkpoints cannot be written there")
+    assert result.stderr.count("\n") == 1, "one line, not a traceback"
+    assert not (run / "metrics.json").exists() and not (run / "csv").exists(), "nothing trained"

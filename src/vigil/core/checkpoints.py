@@ -12,14 +12,16 @@ import logging
 import os
 import pickle
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from torch import nn
 
-from vigil.core.errors import CheckpointError
+from vigil.core.errors import CheckpointError, OutputError
 
 TRUST_HINT = "open it only if you trust where it came from, with trust_checkpoint=true"
 log = logging.getLogger(__name__)
@@ -96,3 +98,35 @@ def newest_readable(candidates: list[Path]) -> Path:
         log.warning("%s: checkpoint is %s; looking for an earlier one", candidate, reason)
     listed = ", ".join(str(c) for c in candidates)
     raise CheckpointError(f"no readable checkpoint to resume from among {listed} (start afresh without resume=)")
+
+
+# A checkpoint holds the weights and, for Adam-style optimizers, two moments per trained weight.
+OPTIMIZER_COPIES = 2
+
+
+def checkpoint_bytes(model: nn.Module) -> int:
+    """An estimate of one checkpoint's size: every weight, plus the optimizer's moments of the trained ones."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    trained = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    return weights + buffers + OPTIMIZER_COPIES * trained
+
+
+def check_checkpoint_folder(folder: Path, model: nn.Module) -> None:
+    """Before fit: the checkpoint folder can be written and its disk has room for one checkpoint, else one line."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise OutputError(
+            f"{folder}: checkpoints cannot be written there ({error.strerror or error}); "
+            "choose another callbacks.model_checkpoint.dirpath or paths.output_root"
+        ) from None
+    needed, free = checkpoint_bytes(model), shutil.disk_usage(folder).free
+    if free < needed:
+        raise OutputError(
+            f"{folder}: {free / 2**20:.0f} MiB free, one checkpoint needs about {needed / 2**20:.0f} MiB "
+            "(free space, or choose another callbacks.model_checkpoint.dirpath)"
+        )

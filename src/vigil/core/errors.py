@@ -32,6 +32,10 @@ class CheckpointError(VigilError):
     """A checkpoint that cannot be opened, or may not be opened without the user's trust."""
 
 
+class OutputError(VigilError):
+    """Where the run writes cannot take its files: not writable, or without room for a checkpoint."""
+
+
 class AuditError(VigilError):
     """The audit found facts about the data that make training meaningless."""
 

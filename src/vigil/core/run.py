@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
 from vigil.core.batch import check_forward_accepts
-from vigil.core.checkpoints import AtomicCheckpointIO, refusing_untrusted
+from vigil.core.checkpoints import AtomicCheckpointIO, check_checkpoint_folder, refusing_untrusted
 from vigil.core.config import validate_config
 from vigil.core.errors import AuditError, VigilError
 from vigil.core.guardrails import AuditReport
@@ -93,6 +93,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     raise_on_audit_errors(report, cfg.audit.fail_on_error)
 
     trainer = build_trainer(cfg, identity, extra_callbacks=[record])
+    if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:
+        check_checkpoint_folder(Path(trainer.checkpoint_callback.dirpath), module)
     log_run_start(trainer, cfg, report)
     try:
         trusted_only = not cfg.trust_checkpoint
