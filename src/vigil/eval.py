@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from vigil.core.checkpoints import load_checkpoint, refusing_untrusted
+from vigil.core.checkpoints import load_checkpoint
 from vigil.core.config import check_target_arguments
 from vigil.core.errors import ConfigError, exit_on_vigil_error
 from vigil.core.run import build_module, write_json
@@ -49,10 +49,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         run = {"val": trainer.validate, "test": trainer.test}.get(split)
         if run is None:
             raise ConfigError(f"splits: unknown split {split!r}; valid: val, test")
-        with refusing_untrusted(ckpt_path):
-            results = run(
-                module, datamodule=datamodule, ckpt_path=str(ckpt_path), verbose=False, weights_only=trusted_only
-            )
+        # training_config has already refused an untrusted file; Lightning's own load follows the same rule.
+        results = run(module, datamodule=datamodule, ckpt_path=str(ckpt_path), verbose=False, weights_only=trusted_only)
         for result in results:
             metrics.update({key: float(value) for key, value in result.items()})
     if trainer.is_global_zero:
