@@ -26,6 +26,8 @@ class ResumePoint:
     ckpt_path: Path
     run_dir: Path
     run_id: str | None
+    # A preempted SLURM job continuing in its own run directory (not a new directory resuming an old one).
+    requeued: bool = False
 
 
 def new_run_id() -> str:
@@ -52,6 +54,12 @@ def find_resume_point(
             raise CheckpointError(f"{path}: checkpoint is {reason} (give another ckpt_path=)")
         run_dir = path.resolve().parent.parent
         return ResumePoint(path.resolve(), run_dir, read_run_id(run_dir))
+    requeued = hpc_checkpoints(current_dir)
+    if requeued and not resume:
+        # A preempted SLURM job requeued into its own run directory: continue from the checkpoint saved at the
+        # signal, as the same run.
+        chosen = newest_readable(requeued)
+        return ResumePoint(chosen.resolve(), current_dir.resolve(), read_run_id(current_dir), requeued=True)
     if resume is False or resume is None:
         return None
     if resume is True:
@@ -65,6 +73,12 @@ def find_resume_point(
     if chosen != last:
         log.warning("resuming from %s instead of %s", chosen, last)
     return ResumePoint(chosen.resolve(), run_dir.resolve(), read_run_id(run_dir))
+
+
+def hpc_checkpoints(run_dir: Path) -> list[Path]:
+    """The checkpoints Lightning saved in `run_dir` on SLURM's preemption signal, newest first."""
+    found = run_dir.glob("hpc_ckpt_*.ckpt")
+    return sorted(found, key=lambda path: int(path.stem.removeprefix("hpc_ckpt_") or 0), reverse=True)
 
 
 def earlier_checkpoints(last: Path) -> list[Path]:
@@ -97,3 +111,15 @@ def _recorded_overrides(run_dir: Path) -> list[str]:
 
 def _comparable(overrides: list[str]) -> set[str]:
     return {o for o in overrides if not o.startswith(IGNORED_OVERRIDES)}
+
+
+def keep_earlier_csv_log(run_dir: Path) -> None:
+    """Before a requeued job logs again into its run directory, keep the CSV log of its earlier part.
+
+    Lightning's CSVLogger deletes a `metrics.csv` it finds; the earlier part is kept as `metrics-part<N>.csv`.
+    """
+    log_file = run_dir / "csv" / "metrics.csv"
+    if not log_file.is_file():
+        return
+    part = 1 + len(list(log_file.parent.glob("metrics-part*.csv")))
+    log_file.rename(log_file.with_name(f"metrics-part{part}.csv"))

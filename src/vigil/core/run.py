@@ -25,7 +25,7 @@ from vigil.core.config import validate_config
 from vigil.core.errors import AuditError, VigilError
 from vigil.core.guardrails import AuditReport
 from vigil.core.loggers import RunIdentity, finish, open_identity_fields, run_identity
-from vigil.core.resume import RUN_FILE, ResumePoint, find_resume_point, new_run_id
+from vigil.core.resume import RUN_FILE, ResumePoint, find_resume_point, keep_earlier_csv_log, new_run_id
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     overrides = list(HydraConfig.get().overrides.task)
     resume = find_resume_point(cfg.resume, cfg.ckpt_path, overrides, Path(cfg.paths.output_root), output_dir)
     identity = run_identity(resume.run_id if resume and resume.run_id else new_run_id())
+    if resume and resume.requeued and rank_zero_only.rank == 0:
+        keep_earlier_csv_log(output_dir)
     record = RunRecord(cfg, overrides, identity, resume)
     record.write(output_dir)
 
