@@ -58,12 +58,20 @@ def pck(args: argparse.Namespace) -> list[Row]:
     return run(args)
 
 
+def loader(args: argparse.Namespace) -> list[Row]:
+    """Training-loader cost: vigil's resumable, seeded loader vs torch's shuffled DataLoader on the same data."""
+    from benchmarks.loader import loader as run
+
+    return run(args)
+
+
 BENCHMARKS: list[tuple[str, Benchmark]] = [
     ("train_step", train_step),
     ("startup", startup),
     ("retrieval", retrieval),
     ("vqa_eval", vqa_eval),
     ("pck", pck),
+    ("loader", loader),
 ]
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+TESTS = Path(__file__).resolve().parent
 # Small data and no progress bar: enough for every code path, fast on two CPU cores.
 TINY = [
     "data.synthetic.num_images=48",
@@ -56,6 +57,8 @@ def cli(tmp_path: Path, synthetic_cache: Path):
         env.update(
             VIGIL_ROOT=str(tmp_path), VIGIL_CACHE=str(synthetic_cache), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1"
         )
+        # Test-only callbacks (killing.KillAtStep) are importable by the runs.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
         command = [sys.executable, "-m", f"vigil.{entry}", *args]
         if background:
             return subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

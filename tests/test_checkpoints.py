@@ -6,10 +6,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from conftest import TINY, read_json
+from pytorch_lightning.demos.boring_classes import BoringModel
 
-from vigil.core.checkpoints import check_checkpoint_folder, checkpoint_bytes, load_checkpoint
+from vigil.core.checkpoints import RunCheckpoint, check_checkpoint_folder, checkpoint_bytes, load_checkpoint
 from vigil.core.errors import CheckpointError, OutputError
 
 
@@ -92,3 +94,60 @@ def test_train_stops_before_fit_when_checkpoints_cannot_be_written(cli, tmp_path
     assert result.stderr.startswith(f"OutputError: {blocker / 'checkpoints'}: checkpoints cannot be written there")
     assert result.stderr.count("\n") == 1, "one line, not a traceback"
     assert not (run / "metrics.json").exists() and not (run / "csv").exists(), "nothing trained"
+
+
+def test_a_run_resumed_into_a_new_folder_carries_its_best_checkpoint_over(tmp_path: Path):
+    old, new = tmp_path / "old" / "checkpoints", tmp_path / "new" / "checkpoints"
+    old.mkdir(parents=True)
+    (old / "best.ckpt").write_bytes(b"weights")
+    state = {
+        "dirpath": str(old),
+        "best_model_path": str(old / "best.ckpt"),
+        "best_model_score": torch.tensor(0.7),
+        "kth_best_model_path": str(old / "best.ckpt"),
+        "kth_value": torch.tensor(0.7),
+        "best_k_models": {str(old / "best.ckpt"): torch.tensor(0.7)},
+        "last_model_path": str(old / "last.ckpt"),
+    }
+    callback = RunCheckpoint(dirpath=new, filename="best", monitor="val/dice", mode="max", save_last=True)
+    callback.load_state_dict(state)
+    assert (new / "best.ckpt").read_bytes() == b"weights"
+    assert callback.best_model_path == str(new / "best.ckpt")
+    assert callback.best_model_score == 0.7, "the score to beat is kept"
+    assert callback.best_k_models == {str(new / "best.ckpt"): torch.tensor(0.7)}
+
+
+class LoggingBoringModel(BoringModel):
+    def validation_step(self, batch, batch_idx):
+        loss = super().validation_step(batch, batch_idx)["x"]
+        self.log("val/loss", loss)
+        return loss
+
+
+def test_step_checkpoints_refresh_last_while_the_best_is_chosen_at_validation(tmp_path: Path):
+    callback = RunCheckpoint(
+        dirpath=tmp_path, filename="best", monitor="val/loss", save_last=True, every_n_train_steps=1
+    )
+    trainer = pl.Trainer(
+        max_epochs=2,
+        limit_train_batches=4,
+        limit_val_batches=2,
+        callbacks=[callback],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    steps_saved = []
+    original = trainer.save_checkpoint
+
+    def recording(path, *args, **kwargs):
+        steps_saved.append((Path(path).name, trainer.global_step))
+        return original(path, *args, **kwargs)
+
+    trainer.save_checkpoint = recording
+    trainer.fit(LoggingBoringModel())
+    assert [step for name, step in steps_saved if name == "last.ckpt"][:4] == [1, 2, 3, 4]
+    assert {step for name, step in steps_saved if name == "best.ckpt"} <= {4, 8}
+    assert torch.load(tmp_path / "best.ckpt", weights_only=True)["global_step"] in (4, 8)
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 8

@@ -14,6 +14,7 @@ from transformers import AutoTokenizer
 
 from vigil.core.errors import DataError
 from vigil.core.files import RecordPolicy
+from vigil.core.sampling import EpochShuffle
 from vigil.tasks.contrastive.data import ContrastiveDataModule, build_catalog, find_annotation_file, read_listings
 from vigil.tasks.contrastive.masking import DiagonalMasking, SameImageMasking
 from vigil.tasks.contrastive.sampler import CaptionBatchSampler
@@ -314,13 +315,15 @@ def test_audit_accepts_positives_that_follow_the_image_ids(tmp_path: Path, sampl
 
 
 def test_unique_images_sampler_puts_each_image_once_per_batch_and_once_per_epoch():
-    sampler = CaptionBatchSampler(range(10), 4, False, [5] * 10, "unique_images")
+    images = EpochShuffle(10, seed=0)
+    sampler = CaptionBatchSampler(images, 4, False, [5] * 10, "unique_images")
     batches = list(sampler)
     assert [len(b) for b in batches] == [4, 4, 2] and len(sampler) == 3
-    images = [image for batch in batches for image, _ in batch]
-    assert sorted(images) == list(range(10))
-    first, second = list(sampler), list(sampler)
-    assert [c for b in first for _, c in b] != [c for b in second for _, c in b], "captions are redrawn per epoch"
+    assert sorted(image for batch in batches for image, _ in batch) == list(range(10))
+    assert list(sampler) == batches, "an epoch's batches are a function of (seed, epoch)"
+    images.set_epoch(1)
+    first, second = (dict(pair for batch in epoch for pair in batch) for epoch in (batches, list(sampler)))
+    assert [first[i] for i in range(10)] != [second[i] for i in range(10)], "captions are redrawn per epoch"
 
 
 def test_k_captions_sampler_takes_k_different_captions_of_each_image():

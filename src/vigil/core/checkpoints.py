@@ -17,8 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities import rank_zero_only
 from torch import nn
 
 from vigil.core.errors import CheckpointError, OutputError
@@ -130,3 +133,62 @@ def check_checkpoint_folder(folder: Path, model: nn.Module) -> None:
             f"{folder}: {free / 2**20:.0f} MiB free, one checkpoint needs about {needed / 2**20:.0f} MiB "
             "(free space, or choose another callbacks.model_checkpoint.dirpath)"
         )
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint with two differences a resumable run needs.
+
+    - `every_n_train_steps` refreshes `last.ckpt` only, the resume point: the best checkpoint is still chosen at
+      every validation by the monitor, never from a validation score of other weights.
+    - A run resumed into a new run directory carries the best checkpoint over and keeps comparing against its
+      score (Lightning forgets both when the folder changes), so it selects what the uninterrupted run selects.
+    """
+
+    def __init__(self, *, every_n_train_steps: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.resume_every_n_train_steps = every_n_train_steps or 0
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Every `every_n_train_steps` optimizer steps, write `last.ckpt`."""
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        steps = self.resume_every_n_train_steps
+        if not steps or trainer.global_step % steps or not self.save_last:
+            return
+        if self._should_skip_saving_checkpoint(trainer):
+            return
+        saved_at = self._last_global_step_saved
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        # A resume point is not a validated checkpoint: a validation at this same step still saves the best.
+        self._last_global_step_saved = saved_at
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the best-so-far, moved into this run's folder when the run was resumed into a new one."""
+        previous = state_dict.get("dirpath")
+        if previous and self.dirpath and Path(previous) != Path(self.dirpath):
+            state_dict = self.carried_over(state_dict, Path(previous), Path(self.dirpath))
+        super().load_state_dict(state_dict)
+
+    @staticmethod
+    def carried_over(state: dict[str, Any], previous: Path, current: Path) -> dict[str, Any]:
+        """`state` with its kept checkpoints copied from `previous` into `current` and its paths pointing there."""
+
+        def moved(path: str) -> str:
+            if not path or Path(path).parent != previous:
+                return path
+            target = current / Path(path).name
+            if Path(path).is_file() and not target.exists() and rank_zero_only.rank == 0:
+                current.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+            return str(target)
+
+        best_k = {moved(path): score for path, score in state.get("best_k_models", {}).items()}
+        return {
+            **state,
+            "dirpath": str(current),
+            "best_model_path": moved(state.get("best_model_path", "")),
+            "kth_best_model_path": moved(state.get("kth_best_model_path", "")),
+            "best_k_models": best_k,
+            "last_model_path": "",
+        }

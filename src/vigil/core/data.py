@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vigil.core.batch import Batch
 from vigil.core.config import unpacks
 from vigil.core.guardrails import AuditReport
-from vigil.core.sampling import evaluation_sampler
+from vigil.core.loading import ResumableLoader, SeededSamples
+from vigil.core.sampling import EpochShuffle, evaluation_sampler
 from vigil.core.synthetic import ensure_synthetic, synthetic_folder
 
 
@@ -56,6 +58,7 @@ class TaskDataModule(pl.LightningDataModule, ABC):
         num_workers: int = 0,
         pin_memory: bool = False,
         synthetic: dict[str, Any] | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if synthetic and self.synthetic_type is None:
@@ -65,6 +68,8 @@ class TaskDataModule(pl.LightningDataModule, ABC):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.synthetic: SyntheticSpec | None = self.synthetic_type(**synthetic) if synthetic else None
+        # Training order and augmentation draw from this (and the epoch), never from the global random state.
+        self.seed = seed
         self.is_set_up = False
 
     @property
@@ -107,29 +112,39 @@ class TaskDataModule(pl.LightningDataModule, ABC):
         return None
 
     def training_batches(self, dataset: Dataset) -> dict[str, Any]:
-        """How training batches are drawn: shuffled, and a short last batch dropped when there are more.
+        """How training batches are drawn: shuffled afresh each epoch from `(seed, epoch)`, and a short last batch
+        dropped when there are more.
 
         A last batch of one sample breaks BatchNorm, and a short one weighs its few samples like a full batch.
-        Tasks with their own sampler return `sampler=` or `batch_sampler=` instead.
+        Tasks with their own sampler return `sampler=` or `batch_sampler=` instead; its order must be a function
+        of the seed and the epoch, so that a resumed run continues the same epoch.
         """
-        return {"batch_size": self.batch_size, "shuffle": True, "drop_last": len(dataset) > self.batch_size}
+        size = len(dataset)  # type: ignore[arg-type]
+        return {
+            "batch_size": self.batch_size,
+            "sampler": EpochShuffle(size, self.seed),
+            "drop_last": size > self.batch_size,
+        }
 
     def loader(self, split: str) -> DataLoader:
-        """The DataLoader of `split`; val and test score every sample exactly once, in order, on every rank count."""
+        """The DataLoader of `split`; val and test score every sample exactly once, in order, on every rank count.
+
+        Training uses a ResumableLoader (mid-epoch resume, seeded augmentation). Every loader has a generator of
+        its own, so making its iterator (which draws the worker seeds) leaves the global random state alone.
+        """
         self.setup()
         dataset = self.dataset(split)
+        options = {
+            "collate_fn": self.collate(split),
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            "persistent_workers": self.num_workers > 0,
+            "generator": torch.Generator().manual_seed(self.seed),
+        }
         if split == "train":
-            batches = self.training_batches(dataset)
-        else:
-            batches = {"batch_size": self.batch_size, "shuffle": False, "sampler": evaluation_sampler(dataset)}
-        return DataLoader(
-            dataset,
-            collate_fn=self.collate(split),
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-            **batches,
-        )
+            return ResumableLoader(SeededSamples(dataset, self.seed), **self.training_batches(dataset), **options)
+        sampler = evaluation_sampler(dataset)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, sampler=sampler, **options)
 
     def train_dataloader(self) -> DataLoader:
         """The training loader."""

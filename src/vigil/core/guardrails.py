@@ -88,6 +88,20 @@ class HealthMonitor(pl.Callback):
         self.alerts_raised: list[str] = []
         self.batches_seen = 0
 
+    def state_dict(self) -> dict[str, Any]:
+        """The check counter and alert streaks, so a resumed run checks and alerts at the same steps."""
+        return {
+            "batches_seen": self.batches_seen,
+            "streak": dict(self.streak),
+            "alerts_raised": list(self.alerts_raised),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue a checkpoint's counter and streaks."""
+        self.batches_seen = state_dict["batches_seen"]
+        self.streak = dict(state_dict["streak"])
+        self.alerts_raised = list(state_dict["alerts_raised"])
+
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:

@@ -25,6 +25,7 @@ from vigil.core.config import validate_config
 from vigil.core.errors import AuditError, VigilError
 from vigil.core.guardrails import AuditReport
 from vigil.core.loggers import RunIdentity, finish, open_identity_fields, run_identity
+from vigil.core.randomness import RandomState
 from vigil.core.resume import RUN_FILE, ResumePoint, find_resume_point, keep_earlier_csv_log, new_run_id
 
 log = logging.getLogger(__name__)
@@ -126,9 +127,9 @@ def build_trainer(cfg: DictConfig, identity: RunIdentity, extra_callbacks: list[
             continue
         filled = {key: identity_values[key] for key in open_identity_fields(node)}
         loggers.append(instantiate(node, **filled))
-    return instantiate(
-        cfg.trainer, callbacks=callbacks + extra_callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
-    )
+    # RandomState: the generators' state travels with every checkpoint (exact resume).
+    callbacks += [*extra_callbacks, RandomState()]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
 
 
 def log_run_start(trainer: pl.Trainer, cfg: DictConfig, report: AuditReport) -> None:

@@ -217,7 +217,7 @@ class CapeDataModule(TaskDataModule):
         seed: int = 0,
         synthetic: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(root, batch_size, num_workers, pin_memory, synthetic)
+        super().__init__(root, batch_size, num_workers, pin_memory, synthetic, seed)
         if split not in range(1, 6):
             raise ConfigError(f"data.split={split} is not an MP-100 split; valid: 1, 2, 3, 4, 5")
         if shots < 1 or queries < 1 or episodes < 1:
@@ -234,7 +234,6 @@ class CapeDataModule(TaskDataModule):
         self.augmentation = Augmentation(rotation, scale) if augment else Augmentation()
         self.skeleton_base = skeleton_base
         self.on_error = on_error
-        self.seed = seed
         self.files: dict[str, SplitFile] = {}
 
     def read(self) -> None:

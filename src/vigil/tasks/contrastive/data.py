@@ -23,13 +23,14 @@ from typing import Any, Literal
 
 import torch
 from timm.data import create_transform
-from torch.utils.data import Dataset, RandomSampler
+from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from vigil.core.data import TaskDataModule
 from vigil.core.errors import ConfigError, DataError
 from vigil.core.files import SPLITS, OnError, RecordPolicy, is_image_file, open_image, read_json, resolve_under
 from vigil.core.guardrails import AuditReport
+from vigil.core.sampling import EpochShuffle
 from vigil.core.tiny import ensure_wordpiece_tokenizer, load_tokenizer
 from vigil.tasks.contrastive.health import audit_splits
 from vigil.tasks.contrastive.masking import ContrastiveMasking
@@ -120,7 +121,7 @@ class ContrastiveDataModule(TaskDataModule):
         seed: int = 0,
         synthetic: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(root, batch_size, num_workers, pin_memory, synthetic)
+        super().__init__(root, batch_size, num_workers, pin_memory, synthetic, seed)
         if format not in ("auto", *ANNOTATION_FILES):
             raise ConfigError(f"data.format={format} is not a format; valid: auto, karpathy, csv, token")
         self.cache_dir = Path(cache_dir)
@@ -137,7 +138,6 @@ class ContrastiveDataModule(TaskDataModule):
         self.tokenizer_name = tokenizer
         self.vocab_size = vocab_size
         self.on_error = on_error
-        self.seed = seed
         self.catalog: Catalog | None = None
         self.tokenizer: PreTrainedTokenizerBase | None = None
 
@@ -181,8 +181,8 @@ class ContrastiveDataModule(TaskDataModule):
         return {"batch_sampler": self.batch_sampler(dataset.records, shuffle=True)}
 
     def batch_sampler(self, records: list[ImageRecord], shuffle: bool) -> CaptionBatchSampler:
-        """The training batch sampler over `records` (shuffled with the global seed, as Lightning seeds it)."""
-        sampler = RandomSampler(records) if shuffle else range(len(records))
+        """The training batch sampler over `records`, shuffled afresh each epoch from `(seed, epoch)`."""
+        sampler = EpochShuffle(len(records), self.seed) if shuffle else range(len(records))
         counts = [len(record.captions) for record in records]
         # A short last batch has few negatives (and breaks BatchNorm at one image): dropped when there are more.
         drop_last = len(records) > self.batch_size

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import BatchSampler, Sampler
 
 from vigil.core.errors import ConfigError
+from vigil.core.sampling import stream_seed
 
 SamplerName = Literal["unique_images", "k_captions"]
 
@@ -20,7 +21,8 @@ class CaptionBatchSampler(BatchSampler):
     - `k_captions` (ALBEF-style): `batch_size // k` images with k different captions each (drawn with
       replacement only for an image that has fewer than k), so every batch holds same-image positives.
     Under DDP, Lightning hands this sampler a DistributedSampler in place of `sampler`, so each rank batches its
-    own shard of the images; batches keep a fixed size, which the cross-rank feature gather needs.
+    own shard of the images; batches keep a fixed size, which the cross-rank feature gather needs. The captions of
+    an image are a function of `(seed, epoch, image)`: the same on every rank count and in a resumed run.
     """
 
     def __init__(
@@ -42,7 +44,7 @@ class CaptionBatchSampler(BatchSampler):
         self.mode = mode
         self.k = k
         self.images_per_batch = batch_size if mode == "unique_images" else batch_size // k
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         images: list[int] = []
@@ -60,12 +62,15 @@ class CaptionBatchSampler(BatchSampler):
 
     def pairs(self, images: list[int]) -> list[tuple[int, int]]:
         """The (image, caption) keys of one batch."""
-        if self.mode == "unique_images":
-            return [(i, self.draw(self.caption_counts[i], 1)[0]) for i in images]
-        return [(i, caption) for i in images for caption in self.draw(self.caption_counts[i], self.k)]
+        k = 1 if self.mode == "unique_images" else self.k
+        return [(i, caption) for i in images for caption in self.draw(i, k)]
 
-    def draw(self, count: int, k: int) -> list[int]:
-        """k caption indices out of `count`: distinct when there are enough."""
+    def draw(self, image: int, k: int) -> list[int]:
+        """k caption indices of `image` for this epoch: distinct when it has enough."""
+        count = self.caption_counts[image]
+        # The epoch Lightning set on the image sampler (or its distributed wrapper); 0 for a plain sequence.
+        epoch = getattr(self.sampler, "epoch", 0)
+        generator = torch.Generator().manual_seed(stream_seed(self.seed, epoch, image))
         if count >= k:
-            return torch.randperm(count, generator=self.generator)[:k].tolist()
-        return torch.randint(count, (k,), generator=self.generator).tolist()
+            return torch.randperm(count, generator=generator)[:k].tolist()
+        return torch.randint(count, (k,), generator=generator).tolist()

@@ -118,8 +118,9 @@ class SegmentationDataModule(TaskDataModule):
         on_error: OnError = "raise",
         class_names: list[str] | None = None,
         synthetic: dict[str, Any] | None = None,
+        seed: int = 0,
     ) -> None:
-        super().__init__(root, batch_size, num_workers, pin_memory, synthetic)
+        super().__init__(root, batch_size, num_workers, pin_memory, synthetic, seed)
         if mask_encoding == "threshold" and num_classes != 1:
             raise ConfigError("data.mask_encoding=threshold masks are binary: use data.num_classes=1")
         self.spec = MaskSpec(num_classes, mask_encoding, mask_threshold, ignore_index)

@@ -181,8 +181,9 @@ class VQADataModule(TaskDataModule):
         augment: bool = True,
         on_error: OnError = "raise",
         synthetic: dict[str, Any] | None = None,
+        seed: int = 0,
     ) -> None:
-        super().__init__(root, batch_size, num_workers, pin_memory, synthetic)
+        super().__init__(root, batch_size, num_workers, pin_memory, synthetic, seed)
         if format not in ("auto", "jsonl", "kvasir_csv"):
             raise ConfigError(f"data.format={format} is not a format; valid: auto, jsonl, kvasir_csv")
         self.cache_dir = Path(cache_dir)
