@@ -177,3 +177,38 @@ def test_every_problem_of_a_composition_is_reported_together():
     assert lines[1].strip().startswith("loss=bce is not an option of task=segmentation")
     assert any("takes no argument smoth" in line for line in lines[2:])
     assert any("takes no key num_imgs" in line for line in lines[2:])
+
+
+def help_sections(text: str) -> dict[str, dict[str, list[str]]]:
+    """The options `--help` lists under each task: `{task: {group: [option, ...]}}`, without the default mark."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    task = None
+    for line in text.splitlines():
+        if line.startswith("  task="):
+            task = line.removeprefix("  task=").removesuffix(" (default)")
+            sections[task] = {}
+        elif task is not None and line.startswith("    "):
+            group, _, listed = line.strip().partition(":")
+            sections[task][group] = [option.strip().removesuffix(" (default)") for option in listed.split(",")]
+        else:
+            task = None
+    return sections
+
+
+def options_by_target(group: str, task: str) -> set[str]:
+    """The options of a group whose `_target_` lives in the task's package."""
+    package = f"vigil.tasks.{task}."
+    return {p.stem for p in (CONF / group).glob("*.yaml") if OmegaConf.load(p)._target_.startswith(package)}
+
+
+def test_help_lists_each_tasks_own_options_and_the_first_commands(cli):
+    result = cli("train", "--help")
+    assert result.returncode == 0, result.output
+    sections = help_sections(result.stdout)
+    assert sorted(sections) == TASKS
+    for task in TASKS:
+        listed = {group: set(options) for group, options in sections[task].items() if group in TASK_GROUPS}
+        assert listed == {group: options_by_target(group, task) for group in TASK_GROUPS}, task
+    for command in ("vigil-train task=cape", "vigil-train debug=fast", "vigil-train -m ", "resume=true"):
+        assert command in result.stdout, command
+    assert "vigil-eval ckpt_path=" in result.stdout and "vigil-compare " in result.stdout

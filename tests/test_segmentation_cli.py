@@ -68,6 +68,7 @@ def test_wandb_offline_run_holds_config_and_logged_metrics(cli, tmp_path: Path):
     assert {"train/loss_step", "val/dice", "test/dice", "health/pred_mean", "audit/train/samples"} <= metrics
     assert {"task", "data", "model", "loss", "masking", "trainer"} <= config
     assert record.run_id == read_json(run / "run.json")["run_id"]
+    assert list(record.tags) == ["task=segmentation", "data=synthetic_seg", "model=smp"]
 
 
 def test_multirun_sweep_groups_runs_and_vigil_compare_tables_them(cli, tmp_path: Path):

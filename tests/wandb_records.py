@@ -56,3 +56,9 @@ def logged(path: Path) -> tuple[set[str], set[str], wandb_internal_pb2.RunRecord
             run = record.run
             config |= {item.key or item.nested_key[0] for item in record.run.config.update}
     return metrics, config, run
+
+
+def exit_code(path: Path) -> int | None:
+    """The exit code a wandb run file records (1 for a run finished as failed), or None if it has none."""
+    codes = [record.exit.exit_code for record in records(path) if record.WhichOneof("record_type") == "exit"]
+    return codes[-1] if codes else None

@@ -9,10 +9,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from vigil.core.errors import exit_on_vigil_error
+from vigil.core.overrides import checks_command_line
 from vigil.core.run import build_module, raise_on_audit_errors, run_audit, validate
 from vigil.train import CONF_DIR
 
 
+@checks_command_line(CONF_DIR, "audit")
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="audit")
 @exit_on_vigil_error
 def main(cfg: DictConfig) -> None:

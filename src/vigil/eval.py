@@ -17,12 +17,14 @@ from omegaconf import DictConfig
 from vigil.core.checkpoints import load_checkpoint
 from vigil.core.config import check_target_arguments
 from vigil.core.errors import ConfigError, exit_on_vigil_error
+from vigil.core.overrides import checks_command_line
 from vigil.core.run import build_module, write_json
 from vigil.train import CONF_DIR
 
 EVAL_ONLY_KEYS = ("ckpt_path=", "splits=", "trust_checkpoint=")
 
 
+@checks_command_line(CONF_DIR, "eval")
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 @exit_on_vigil_error
 def main(cfg: DictConfig) -> None:

@@ -27,6 +27,7 @@ from vigil.core.guardrails import AuditReport
 from vigil.core.loggers import RunIdentity, finish, open_identity_fields, run_identity
 from vigil.core.randomness import RandomState
 from vigil.core.resume import RUN_FILE, ResumePoint, find_resume_point, keep_earlier_csv_log, new_run_id
+from vigil.core.sweep import failure_reason, hand_job_overrides_to_ranks
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +90,33 @@ def train(cfg: DictConfig) -> dict[str, float]:
         keep_earlier_csv_log(output_dir)
     record = RunRecord(cfg, overrides, identity, resume)
     record.write(output_dir)
+    try:
+        metrics = fit_and_score(cfg, record, identity, resume, output_dir)
+    except BaseException as error:
+        record.status, record.reason = "failed", failure_reason(error)
+        record.write(output_dir, record.trainer)
+        raise
+    record.status = "finished"
+    record.write(output_dir, record.trainer)
+    return metrics
 
+
+def fit_and_score(
+    cfg: DictConfig, record: RunRecord, identity: RunIdentity, resume: ResumePoint | None, output_dir: Path
+) -> dict[str, float]:
+    """Data, audit, fit, the final validation and test, and `metrics.json`."""
     datamodule = instantiate(cfg.data)
     module = build_module(cfg)
     report = run_audit(datamodule, module, cfg)
     raise_on_audit_errors(report, cfg.audit.fail_on_error)
 
     trainer = build_trainer(cfg, identity, extra_callbacks=[record])
+    record.trainer = trainer
     if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:
         check_checkpoint_folder(Path(trainer.checkpoint_callback.dirpath), module)
     log_run_start(trainer, cfg, report)
+    hand_job_overrides_to_ranks(output_dir)
+    failed = True
     try:
         trusted_only = not cfg.trust_checkpoint
         with refusing_untrusted(resume.ckpt_path) if resume else contextlib.nullcontext():
@@ -109,18 +127,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 weights_only=trusted_only,
             )
         metrics = final_metrics(trainer, module, datamodule, cfg.run_test)
+        failed = False
     finally:
-        finish(trainer.loggers)
+        finish(trainer.loggers, failed)
     if trainer.is_global_zero:
         write_json(output_dir / "metrics.json", metrics)
-        record.write(output_dir, trainer)
     return metrics
 
 
 def build_trainer(cfg: DictConfig, identity: RunIdentity, extra_callbacks: list[pl.Callback]) -> pl.Trainer:
     """Instantiate callbacks, loggers (with the run's identity) and the Trainer."""
-    callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
-    identity_values = {"name": identity.name, "group": identity.group, "id": identity.id}
+    # A callback node may be null, or a factory that returns None when switched off (vigil.core.callbacks).
+    built = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
+    callbacks = [callback for callback in built if callback is not None]
+    identity_values = {"name": identity.name, "group": identity.group, "id": identity.id, "tags": list(identity.tags)}
     loggers = []
     for node in (cfg.get("logger") or {}).values():
         if node is None:
@@ -173,6 +193,10 @@ class RunRecord(pl.Callback):
         self.identity = identity
         self.resume = resume
         self.first_step_seconds: float | None = None
+        # running, then finished or failed (with the one-line reason): what a sweep summary reports.
+        self.status = "running"
+        self.reason: str | None = None
+        self.trainer: pl.Trainer | None = None
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, i: int) -> None:
         """Record the time from process start to the first training step."""
@@ -188,6 +212,8 @@ class RunRecord(pl.Callback):
         if rank_zero_only.rank != 0:
             return
         payload: dict[str, Any] = {
+            "status": self.status,
+            "reason": self.reason,
             "run_id": self.identity.id,
             "name": self.identity.name,
             "group": self.identity.group,
@@ -197,10 +223,15 @@ class RunRecord(pl.Callback):
         }
         if trainer is not None:
             checkpoint = trainer.checkpoint_callback
+            # The final validate/test(ckpt_path="best") restores the callback's state from best.ckpt, which was
+            # written before last.ckpt and so holds an empty last_model_path: the file itself is the record.
+            last = None
+            if checkpoint is not None and checkpoint.dirpath:
+                last = Path(checkpoint.dirpath, checkpoint.CHECKPOINT_NAME_LAST + checkpoint.FILE_EXTENSION)
             payload.update(
                 epochs=trainer.current_epoch,
                 global_step=trainer.global_step,
                 best_model_path=checkpoint.best_model_path if checkpoint else None,
-                last_model_path=checkpoint.last_model_path if checkpoint else None,
+                last_model_path=str(last) if last is not None and last.is_file() else None,
             )
         write_json(output_dir / RUN_FILE, payload)
