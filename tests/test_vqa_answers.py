@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from vigil.tasks.vqa.answers import answers_match, build_candidates, majority_answers, normalize_answer
+from vigil.tasks.vqa.answers import (
+    answers_match,
+    build_candidates,
+    majority_answers,
+    normalize_answer,
+    normalize_question,
+    question_prior_answers,
+)
 from vigil.tasks.vqa.prompts import Turn
 
 # (question type, prediction, truth, right), each label decided by hand from the rules in the metric's docstring.
@@ -197,3 +204,19 @@ def test_candidates_come_from_config_then_training_answers_by_frequency():
     assert candidates["color"] == ("pink", "red", "white")
     assert build_candidates({}, turns, min_count=2)["color"] == ("red",)
     assert majority_answers(turns) == {"color": "red", "yes_no": "yes"}
+
+
+def test_the_question_prior_is_the_most_frequent_answer_of_the_same_question_text():
+    turns = [
+        Turn("Is there a polyp?", "yes", "yes_no"),
+        Turn("is there  a polyp", "Yes", "yes_no"),
+        Turn("Is there a polyp ?", "no", "yes_no"),
+        Turn("What colour is the polyp?", "red", "color"),
+        Turn("What colour is the instrument?", "Silver.", "color"),
+    ]
+    assert normalize_question("  Is there  a Polyp ? ") == "is there a polyp"
+    assert question_prior_answers(turns) == {
+        "is there a polyp": "yes",
+        "what colour is the polyp": "red",
+        "what colour is the instrument": normalize_answer("Silver."),
+    }

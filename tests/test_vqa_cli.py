@@ -13,7 +13,11 @@ from vigil.tasks.vqa.question_types import QUESTION_TYPES
 
 TINY_DATA = ["task=vqa", "data.synthetic.num_images=40", "data.batch_size=8"]
 TINY_VQA = [*TINY_DATA, "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"]
-HEADLINE = {f"{split}/{name}" for split in ("val", "test") for name in ("acc", "acc_macro", "acc_majority")}
+HEADLINE = {
+    f"{split}/{name}"
+    for split in ("val", "test")
+    for name in ("acc", "acc_macro", "acc_majority", "acc_question_prior", "acc_question_prior_macro")
+}
 
 
 def predictions(run: Path) -> list[dict]:
@@ -30,9 +34,12 @@ def test_fast_dev_run_reports_per_type_accuracy_predictions_and_audit(cli, tmp_p
     assert len(rows) == 8 and {"id", "question_type", "question", "answer", "prediction", "correct"} <= set(rows[0])
     for question_type in {row["question_type"] for row in rows}:
         assert f"test/acc/{question_type}" in metrics and f"test/acc_majority/{question_type}" in metrics
+        assert f"test/acc_question_prior/{question_type}" in metrics
     assert metrics["test/acc"] == pytest.approx(sum(row["correct"] for row in rows) / len(rows))
     assert metrics["test/samples"] == len(rows)
-    assert "type            count  correct  accuracy  majority" in result.stdout
+    assert "type            count  correct  accuracy  majority   q-prior" in result.stdout
+    prior = sum(answers_match(r["question_prior_answer"], r["answer"], r["question_type"]) for r in rows) / len(rows)
+    assert metrics["test/acc_question_prior"] == pytest.approx(prior)
     audit = read_json(run / "audit.json")
     assert audit["errors"] == []
     train = audit["splits"]["train"]

@@ -199,6 +199,7 @@ def test_loaders_pad_training_right_and_ask_every_evaluation_turn_once_padded_le
     assert sum(len(batch) for batch in batches) == sum(len(r.turns) for r in val)
     assert all((batch.attention_mask[:, -1] == 1).all() for batch in batches)
     assert data.context().majority_answers == data.catalog.majority
+    assert data.context().question_prior == data.catalog.question_prior and data.catalog.question_prior
 
 
 # Bad input: each kind gets one line naming the file and the line or record.

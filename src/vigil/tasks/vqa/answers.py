@@ -346,6 +346,20 @@ def unique_by_normal_form(answers: Iterable[str]) -> tuple[str, ...]:
     return tuple(kept)
 
 
+def normalize_question(question: str) -> str:
+    """A question's text as the question-prior baseline matches it: lower case, single spaces, no end mark."""
+    return " ".join(question.lower().split()).rstrip(" ?.!")
+
+
+def question_prior_answers(training_turns: Iterable[Turn]) -> dict[str, str]:
+    """The most frequent training answer (by normalised form) of each normalised question text: a text-only
+    baseline that knows which answers a question takes but never sees the image."""
+    counts: dict[str, Counter] = {}
+    for turn in training_turns:
+        counts.setdefault(normalize_question(turn.question), Counter())[normalize_answer(turn.answer)] += 1
+    return {question: counter.most_common(1)[0][0] for question, counter in counts.items()}
+
+
 def majority_answers(training_turns: Iterable[Turn]) -> dict[str, str]:
     """The most frequent training answer of each question type (by normalised form): the baseline to beat."""
     counts: dict[str, Counter] = {}

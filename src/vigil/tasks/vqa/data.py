@@ -47,7 +47,7 @@ from vigil.core.files import (
     seeded_split,
 )
 from vigil.core.guardrails import AuditReport
-from vigil.tasks.vqa.answers import build_candidates, majority_answers, normalize_answer
+from vigil.tasks.vqa.answers import build_candidates, majority_answers, normalize_answer, question_prior_answers
 from vigil.tasks.vqa.health import audit_splits
 from vigil.tasks.vqa.masking import VQAMasking
 from vigil.tasks.vqa.model import TinyLlava, load_processor
@@ -221,7 +221,8 @@ class VQADataModule(TaskDataModule):
         training_turns = [turn for record in splits["train"] for turn in record.turns]
         candidates = build_candidates(self.configured_candidates, training_turns, self.candidates_min_count)
         splits = {split: [with_candidates(r, candidates) for r in records] for split, records in splits.items()}
-        return Catalog(source, splits, policy, candidates, majority_answers(training_turns))
+        majority, prior = majority_answers(training_turns), question_prior_answers(training_turns)
+        return Catalog(source, splits, policy, candidates, majority, prior)
 
     def read_splits(self, reader: RecordReader) -> tuple[Path, dict[str, list[VQARecord]]]:
         """The records by split: from the split files, or one file split by image."""
@@ -250,9 +251,9 @@ class VQADataModule(TaskDataModule):
         return audit_splits(self.catalog, self.encoder, masking, self.max_length)
 
     def context(self) -> VQAContext:
-        """The majority answer of each question type in the training split, for the module's baseline."""
+        """The training split's majority answer of each question type and of each question text (baselines)."""
         self.setup()
-        return VQAContext(dict(self.catalog.majority))
+        return VQAContext(dict(self.catalog.majority), dict(self.catalog.question_prior))
 
     def dataset(self, split: str) -> VQADataset:
         """The Dataset of one split; colour jitter only for training, when `augment` is set."""

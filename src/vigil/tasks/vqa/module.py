@@ -1,11 +1,12 @@
 """The VQA LightningModule: vision-language model, label masking, token loss, decoding and per-type accuracy wired.
 
 Training minimises the token cross-entropy of the supervised labels (the masking's choice of roles). Validation
-and test ask every turn of their split, decode the answers (`decoding.py`) and score them per question type; the
-majority answer of each type in the training split is scored beside them (`acc_majority`), so every run reports
-the baseline it has to beat; `samples` is the number of questions scored, over every rank. At test end the
-per-type table is printed, every prediction is written to `predictions.jsonl` in the run directory (gathered from
-every rank), and logged as a wandb table when wandb logs.
+and test ask every turn of their split, decode the answers (`decoding.py`) and score them per question type.
+Two text-only baselines are scored beside them, so every run reports what it has to beat: the majority answer of
+each type in the training split (`acc_majority`), and the most frequent training answer of the same question
+text (`acc_question_prior`; the type's majority for a question never seen in training). `samples` is the number
+of questions scored, over every rank. At test end the per-type table is printed, every prediction is written to
+`predictions.jsonl` in the run directory (gathered from every rank), and logged as a wandb table when wandb logs.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from torch import nn
 from vigil.core.files import open_image
 from vigil.core.module import TaskModule, TrainingLoss
 from vigil.core.pictures import publish_figure
-from vigil.tasks.vqa.answers import answers_match
+from vigil.tasks.vqa.answers import answers_match, normalize_question
 from vigil.tasks.vqa.decoding import Decoder, DecodingName
 from vigil.tasks.vqa.health import health_alerts, health_stats
 from vigil.tasks.vqa.masking import VQAMasking, supervised_labels
@@ -36,8 +37,11 @@ from vigil.tasks.vqa.records import VQABatch, VQAContext
 
 log = logging.getLogger(__name__)
 PREDICTIONS_FILE = "predictions.jsonl"
+# The text-only baselines scored beside the model: the type's majority answer, the question text's.
+BASELINES = ("majority", "question_prior")
 SPLITS = ("val", "test")
-TableRow = tuple[str, int, int, float, float]
+# type, count, correct, accuracy, then each baseline's accuracy.
+TableRow = tuple[str, int, int, float, float, float]
 
 
 class VQAModule(TaskModule):
@@ -65,8 +69,14 @@ class VQAModule(TaskModule):
         self.rel_tol = rel_tol
         self.pictures = pictures
         self.metrics = nn.ModuleDict({split: PerTypeAccuracy(abs_tol=abs_tol, rel_tol=rel_tol) for split in SPLITS})
-        self.baselines = nn.ModuleDict({split: PerTypeAccuracy(abs_tol=abs_tol, rel_tol=rel_tol) for split in SPLITS})
+        self.baselines = nn.ModuleDict(
+            {
+                split: nn.ModuleDict({name: PerTypeAccuracy(abs_tol=abs_tol, rel_tol=rel_tol) for name in BASELINES})
+                for split in SPLITS
+            }
+        )
         self.majority: dict[str, str] = {}
+        self.question_prior: dict[str, str] = {}
         self.predictions: list[dict[str, Any]] = []
         self.picture_samples: list[dict[str, Any]] = []
         # With a frozen base (LoRA, frozen tower) checkpoints hold the trained parameters only; the base weights
@@ -75,8 +85,9 @@ class VQAModule(TaskModule):
         self.strict_loading = not self.frozen
 
     def use_context(self, context: VQAContext) -> None:
-        """The majority answers of the training split, for the baseline."""
+        """The training split's majority answers per type and per question text, for the baselines."""
         self.majority = dict(context.majority_answers)
+        self.question_prior = dict(context.question_prior)
 
     def training_loss(self, batch: VQABatch) -> TrainingLoss:
         """Token cross-entropy of the labels the masking supervises."""
@@ -88,7 +99,9 @@ class VQAModule(TaskModule):
         validation batch's questions for the pictures."""
         predictions = self.decoder(self.model, batch)
         self.metrics[split].update(predictions, batch.answer, batch.question_type)
-        self.baselines[split].update(self.majority_answers(batch), batch.answer, batch.question_type)
+        baselines = self.baselines[split]
+        baselines["majority"].update(self.majority_answers(batch), batch.answer, batch.question_type)
+        baselines["question_prior"].update(self.question_prior_answers(batch), batch.answer, batch.question_type)
         if split == "test":
             self.predictions += self.rows(batch, predictions)
         elif batch_idx == 0 and self.pictures:
@@ -102,9 +115,18 @@ class VQAModule(TaskModule):
         """The baseline's answer to each question: its type's most frequent training answer."""
         return [self.majority.get(question_type, "") for question_type in batch.question_type]
 
+    def question_prior_answers(self, batch: VQABatch) -> list[str]:
+        """The text-only baseline's answer: the most frequent training answer of the same question text, else the
+        type's majority answer."""
+        majority = self.majority_answers(batch)
+        return [
+            self.question_prior.get(normalize_question(question), fallback)
+            for question, fallback in zip(batch.question, majority, strict=True)
+        ]
+
     def rows(self, batch: VQABatch, predictions: list[str]) -> list[dict[str, Any]]:
         """One predictions.jsonl row per question of the batch."""
-        majority = self.majority_answers(batch)
+        majority, prior = self.majority_answers(batch), self.question_prior_answers(batch)
         return [
             {
                 "id": batch.id[i],
@@ -117,22 +139,25 @@ class VQAModule(TaskModule):
                     predictions[i], batch.answer[i], batch.question_type[i], self.abs_tol, self.rel_tol
                 ),
                 "majority_answer": majority[i],
+                "question_prior_answer": prior[i],
             }
             for i in range(len(batch))
         ]
 
     def log_metrics(self, split: str) -> None:
-        """Log the split's accuracies, answers scored and the majority baseline's accuracies; at test end also
-        print the per-type table and write every prediction (gathered on every rank, written on rank zero)."""
-        metric, baseline = self.metrics[split], self.baselines[split]
+        """Log the split's accuracies, answers scored and the baselines' accuracies; at test end also print the
+        per-type table and write every prediction (gathered on every rank, written on rank zero)."""
+        metric, baselines = self.metrics[split], self.baselines[split]
         values = dict(metric.compute())
-        majority = {name: value for name, value in baseline.compute().items() if name.startswith("acc")}
-        values |= {name.replace("acc", "acc_majority", 1): value for name, value in majority.items()}
+        accuracy = {}
+        for name in BASELINES:
+            scores = {key: value for key, value in baselines[name].compute().items() if key.startswith("acc")}
+            values |= {key.replace("acc", f"acc_{name}", 1): value for key, value in scores.items()}
+            accuracy[name] = {row[0]: row[3] for row in baselines[name].table()}
+            baselines[name].reset()
         self.log_split(split, values)
-        baseline_accuracy = {row[0]: row[3] for row in baseline.table()}
-        table = [(*row, baseline_accuracy[row[0]]) for row in metric.table()]
+        table = [(*row, *(accuracy[name][row[0]] for name in BASELINES)) for row in metric.table()]
         metric.reset()
-        baseline.reset()
         if split == "test":
             self.publish_predictions(table)
 
@@ -191,13 +216,17 @@ def gather_objects(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def render_table(table: list[TableRow]) -> str:
-    """The per-type test table: type, count, correct, accuracy, and the majority answer's accuracy."""
-    lines = [f"{'type':<14} {'count':>6} {'correct':>8} {'accuracy':>9} {'majority':>9}"]
-    lines += [f"{name:<14} {n:>6} {right:>8} {acc:>9.1%} {base:>9.1%}" for name, n, right, acc, base in table]
+    """The per-type test table: type, count, correct, accuracy, and the two baselines' accuracies (the type's
+    majority answer, the question text's most frequent answer)."""
+    lines = [f"{'type':<14} {'count':>6} {'correct':>8} {'accuracy':>9} {'majority':>9} {'q-prior':>9}"]
+    lines += [
+        f"{name:<14} {n:>6} {right:>8} {acc:>9.1%} {base:>9.1%} {prior:>9.1%}"
+        for name, n, right, acc, base, prior in table
+    ]
     total, correct = sum(row[1] for row in table), sum(row[2] for row in table)
-    baseline = sum(row[1] * row[4] for row in table)
     if total:
-        lines.append(f"{'all (micro)':<14} {total:>6} {correct:>8} {correct / total:>9.1%} {baseline / total:>9.1%}")
+        base, prior = (sum(row[1] * row[column] for row in table) / total for column in (4, 5))
+        lines.append(f"{'all (micro)':<14} {total:>6} {correct:>8} {correct / total:>9.1%} {base:>9.1%} {prior:>9.1%}")
     return "\n".join(lines)
 
 
@@ -215,7 +244,7 @@ def log_wandb_tables(loggers: list[Any], table: list[TableRow], rows: list[dict[
             continue
         logger.log_table(
             key="test/accuracy_by_type",
-            columns=["type", "count", "correct", "accuracy", "majority_accuracy"],
+            columns=["type", "count", "correct", "accuracy", "majority_accuracy", "question_prior_accuracy"],
             data=[list(row) for row in table],
         )
         columns = list(rows[0]) if rows else []

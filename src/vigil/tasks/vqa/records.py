@@ -42,13 +42,16 @@ class Catalog:
     policy: RecordPolicy
     candidates: dict[str, tuple[str, ...]] = field(default_factory=dict)
     majority: dict[str, str] = field(default_factory=dict)
+    question_prior: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class VQAContext:
-    """What the module needs from the data: the most frequent training answer of each question type."""
+    """What the module needs from the data: the most frequent training answer of each question type, and of each
+    normalised question text (the two text-only baselines)."""
 
     majority_answers: dict[str, str]
+    question_prior: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
