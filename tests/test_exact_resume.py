@@ -8,27 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY, read_json
+from test_cape_cli import TINY_DATA as CAPE_DATA
+from test_contrastive_cli import TINY_DATA as CONTRASTIVE_DATA
+from test_vqa_cli import TINY_DATA as VQA_DATA
 
 QUIET = ["trainer.enable_progress_bar=false", "logger=csv"]
 # Each task at the size of its own CLI tests; `kill_at` falls inside an epoch, after a step checkpoint.
 TASKS = {
     "segmentation": [*TINY, "trainer.max_epochs=3"],
-    "cape": [
-        "task=cape",
-        "data.synthetic.num_categories=10",
-        "data.synthetic.val_categories=2",
-        "data.synthetic.test_categories=2",
-        "data.synthetic.instances_per_category=8",
-        "data.image_size=32",
-        "data.episodes=2",
-        "data.queries=3",
-        "data.episodes_per_epoch=32",
-        "data.batch_size=8",
-        "model.dim=32",
-        "trainer.max_epochs=3",
-    ],
-    "contrastive": ["task=contrastive", "data.synthetic.num_images=60", "data.batch_size=8", "trainer.max_epochs=3"],
-    "vqa": ["task=vqa", "data.synthetic.num_images=40", "data.batch_size=8", "trainer.max_epochs=2"],
+    "cape": [*CAPE_DATA, "trainer.max_epochs=3"],
+    "contrastive": [*CONTRASTIVE_DATA, "trainer.max_epochs=3"],
+    "vqa": [*VQA_DATA, "trainer.max_epochs=2"],
 }
 STEP_CHECKPOINTS = "callbacks.model_checkpoint.every_n_train_steps=2"
 KILL_AT = 7
