@@ -48,12 +48,13 @@ def isolated_job() -> Iterator[None]:
     """Leave the process as a multirun job found it, so that the next job's DDP ranks form a group of their own.
 
     Lightning's launcher sets the rank, world size and master port in this process's environment and its process
-    group outlives `fit`; the next job would otherwise join the finished job's group.
+    group outlives `fit`; the next job would otherwise join the finished job's group. `sys.argv`, which
+    `hand_job_overrides_to_ranks` sets to the job's overrides, is the sweep's again after the job.
     """
     if not in_multirun():
         yield
         return
-    environment = dict(os.environ)
+    environment, argv = dict(os.environ), list(sys.argv)
     try:
         yield
     finally:
@@ -61,6 +62,7 @@ def isolated_job() -> Iterator[None]:
             dist.destroy_process_group()
         os.environ.clear()
         os.environ.update(environment)
+        sys.argv = argv
 
 
 class SweepSummary(Callback):
