@@ -116,9 +116,9 @@ def test_decoding_calls_the_model_with_the_batchs_declared_inputs_only(model, ba
     inputs = set(fields_with_role(VQABatch, "input"))
     assert calls and all(args == () for _, args, _ in calls)
     assert {method: names - inputs for method, _, names in calls} == (
-        {"generate": {"max_new_tokens", "prefix_allowed_tokens_fn"}, "tail_logits": {"last"}}
+        {"generate": {"max_new_tokens", "prefix_allowed_tokens_fn", "end_token_id"}, "tail_logits": {"last"}}
         if decoding == "rank"
-        else {"generate": {"max_new_tokens", "prefix_allowed_tokens_fn"}}
+        else {"generate": {"max_new_tokens", "prefix_allowed_tokens_fn", "end_token_id"}}
     )
     assert all(names >= inputs for _, _, names in calls)
 

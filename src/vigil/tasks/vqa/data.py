@@ -48,10 +48,11 @@ from vigil.core.files import (
 )
 from vigil.core.guardrails import AuditReport
 from vigil.tasks.vqa.answers import build_candidates, majority_answers, normalize_answer, question_prior_answers
+from vigil.tasks.vqa.chat import PromptName, prompt_encoder
 from vigil.tasks.vqa.health import audit_splits
 from vigil.tasks.vqa.masking import VQAMasking
 from vigil.tasks.vqa.model import TinyLlava, load_processor
-from vigil.tasks.vqa.prompts import PromptEncoder, Role, Turn
+from vigil.tasks.vqa.prompts import SYSTEM_PROMPT, PromptEncoder, Role, Turn
 from vigil.tasks.vqa.question_types import QUESTION_TYPES, QuestionTypeRules
 from vigil.tasks.vqa.records import Catalog, VQABatch, VQAContext, VQARecord
 from vigil.tasks.vqa.synthetic import SyntheticVQA
@@ -165,6 +166,8 @@ class VQADataModule(TaskDataModule):
         tiny: dict[str, Any] | None = None,
         processor_kwargs: dict[str, Any] | None = None,
         image_placeholder: str | None = None,
+        prompt: PromptName = "auto",
+        system_prompt: str = SYSTEM_PROMPT,
         format: Format = "auto",
         annotation_file: str | None = None,
         image_dir: str = "images",
@@ -191,6 +194,8 @@ class VQADataModule(TaskDataModule):
         self.tiny = tiny
         self.processor_kwargs = dict(processor_kwargs or {})
         self.image_placeholder = image_placeholder
+        self.prompt = prompt
+        self.system_prompt = system_prompt
         self.format = format
         self.annotation_file = annotation_file
         self.image_dir = image_dir
@@ -210,7 +215,9 @@ class VQADataModule(TaskDataModule):
         """Read and check the records, build the candidates and the prompt encoder (the checkpoint's processor)."""
         self.catalog = self.read_catalog()
         processor = load_processor(self.checkpoint, self.cache_dir, self.tiny, self.processor_kwargs)
-        self.encoder = PromptEncoder(processor, self.image_placeholder, self.show_candidates)
+        self.encoder = prompt_encoder(
+            processor, self.prompt, self.image_placeholder, self.show_candidates, self.system_prompt
+        )
 
     def read_catalog(self) -> Catalog:
         """Every split's checked records, with the candidates of each closed type filled in."""
@@ -251,9 +258,10 @@ class VQADataModule(TaskDataModule):
         return audit_splits(self.catalog, self.encoder, masking, self.max_length)
 
     def context(self) -> VQAContext:
-        """The training split's majority answer of each question type and of each question text (baselines)."""
+        """The training split's majority answer of each question type and of each question text (baselines), and
+        how the prompt spells an answer."""
         self.setup()
-        return VQAContext(dict(self.catalog.majority), dict(self.catalog.question_prior))
+        return VQAContext(dict(self.catalog.majority), dict(self.catalog.question_prior), self.encoder.answer_format)
 
     def dataset(self, split: str) -> VQADataset:
         """The Dataset of one split; colour jitter only for training, when `augment` is set."""

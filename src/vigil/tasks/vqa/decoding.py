@@ -2,13 +2,14 @@
 
 - `free`: greedy generation of at most `max_new_tokens` tokens.
 - `constrained`: greedy generation that can only spell a candidate: `prefix_allowed_tokens_fn` walks a token trie
-  of the candidates (each ending in end-of-sequence), so multi-token candidates work and the output is always one.
-- `rank`: every candidate (with its end-of-sequence token, which penalises stopping at a prefix of a longer one)
+  of the candidates (each ending in the end token), so multi-token candidates work and the output is always one.
+- `rank`: every candidate (with its end token, which penalises stopping at a prefix of a longer one)
   scored by its mean token log-likelihood after the prompt; the best one is the answer. The candidates of one
   question are scored in one forward pass.
 Questions with candidates (the closed types) use the configured decoding; open questions are always free. The
-answer's tokens are `prompts.answer_token_ids`, exactly what training supervised. The model is called with the
-batch's declared inputs (`VQABatch.model_inputs`), of the rows being decoded.
+answer's tokens are those of the prompt's `AnswerFormat` (the data's, through the module's context), exactly what
+training supervised; its end token (end-of-sequence, or the chat template's end-of-turn) ends generation. The
+model is called with the batch's declared inputs (`VQABatch.model_inputs`), of the rows being decoded.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 from vigil.core.errors import ConfigError
 from vigil.tasks.vqa.model import VisionLanguageModel
-from vigil.tasks.vqa.prompts import answer_token_ids
+from vigil.tasks.vqa.prompts import AnswerFormat, plain_answer_format
 from vigil.tasks.vqa.question_types import OPEN_TYPE
 from vigil.tasks.vqa.records import VQABatch
 
@@ -52,14 +53,20 @@ class AnswerTrie:
 
 
 class Decoder:
-    """Turns an evaluation batch into answer texts with `decoding` for closed questions, free for open ones."""
+    """Turns an evaluation batch into answer texts with `decoding` for closed questions, free for open ones.
 
-    def __init__(self, decoding: DecodingName = "constrained", max_new_tokens: int = 8) -> None:
+    `answer_format` is how the prompt spells answers; None: the plain template's, of the model's tokenizer.
+    """
+
+    def __init__(
+        self, decoding: DecodingName = "constrained", max_new_tokens: int = 8, answer_format: AnswerFormat | None = None
+    ) -> None:
         if decoding not in DECODINGS:
             raise ConfigError(f"task.module.decoding={decoding} is not a decoding; valid: {', '.join(DECODINGS)}")
         self.decoding = decoding
         self.max_new_tokens = max_new_tokens
-        self.tries: dict[tuple[str, ...], AnswerTrie] = {}
+        self.answer_format = answer_format
+        self.tries: dict[tuple[AnswerFormat, tuple[str, ...]], AnswerTrie] = {}
 
     def __call__(self, model: VisionLanguageModel, batch: VQABatch) -> list[str]:
         """One answer text per row of the batch."""
@@ -68,7 +75,7 @@ class Decoder:
         answers = [""] * len(batch)
         if self.decoding == "rank":
             for row in closed:
-                answers[row] = rank(model, batch, row)
+                answers[row] = rank(model, batch, row, self.format_of(model))
             generated, constrained = [row for row in rows if row not in closed], set()
         else:
             generated, constrained = list(rows), closed
@@ -81,30 +88,42 @@ class Decoder:
         self, model: VisionLanguageModel, batch: VQABatch, rows: list[int], constrained: set[int]
     ) -> list[str]:
         """Greedy answers of `rows`, those in `constrained` spelling one of their candidates."""
-        tokenizer = model.tokenizer
+        tokenizer, answer_format = model.tokenizer, self.format_of(model)
         inputs = select_rows(batch.model_inputs(), rows)
-        tries = [self.trie(tokenizer, batch.candidates[row]) if row in constrained else None for row in rows]
+        tries = [
+            self.trie(tokenizer, answer_format, batch.candidates[row]) if row in constrained else None for row in rows
+        ]
         max_new_tokens = max([self.max_new_tokens] + [trie.depth for trie in tries if trie is not None])
         allowed_fn = None
         if constrained:
             prompt_length = inputs["input_ids"].shape[1]
             everything = list(range(len(tokenizer)))
-            eos = [tokenizer.eos_token_id]
+            end = [answer_format.end_id]
 
             def allowed_fn(row: int, sequence: torch.Tensor) -> list[int]:
                 trie = tries[row]
                 if trie is None:
                     return everything
-                return trie.allowed(sequence[prompt_length:].tolist()) or eos
+                return trie.allowed(sequence[prompt_length:].tolist()) or end
 
-        new_tokens = model.generate(**inputs, max_new_tokens=max_new_tokens, prefix_allowed_tokens_fn=allowed_fn)
-        return [answer_from_tokens(tokenizer, tokens) for tokens in new_tokens.tolist()]
+        new_tokens = model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            prefix_allowed_tokens_fn=allowed_fn,
+            end_token_id=answer_format.end_id,
+        )
+        return [answer_from_tokens(tokenizer, tokens, answer_format.end_id) for tokens in new_tokens.tolist()]
 
-    def trie(self, tokenizer: Any, candidates: tuple[str, ...]) -> AnswerTrie:
+    def trie(self, tokenizer: Any, answer_format: AnswerFormat, candidates: tuple[str, ...]) -> AnswerTrie:
         """The (cached) token trie of a candidate set."""
-        if candidates not in self.tries:
-            self.tries[candidates] = AnswerTrie([answer_token_ids(tokenizer, c) for c in candidates])
-        return self.tries[candidates]
+        key = (answer_format, candidates)
+        if key not in self.tries:
+            self.tries[key] = AnswerTrie([answer_format.token_ids(tokenizer, c) for c in candidates])
+        return self.tries[key]
+
+    def format_of(self, model: VisionLanguageModel) -> AnswerFormat:
+        """The answer format decoded: the prompt's, else the plain template's of the model's tokenizer."""
+        return self.answer_format or plain_answer_format(model.tokenizer)
 
 
 def is_closed(batch: VQABatch, row: int) -> bool:
@@ -112,21 +131,21 @@ def is_closed(batch: VQABatch, row: int) -> bool:
     return batch.question_type[row] != OPEN_TYPE and bool(batch.candidates[row])
 
 
-def answer_from_tokens(tokenizer: Any, tokens: list[int]) -> str:
-    """The text of generated tokens up to the first end-of-sequence token."""
-    if tokenizer.eos_token_id in tokens:
-        tokens = tokens[: tokens.index(tokenizer.eos_token_id)]
+def answer_from_tokens(tokenizer: Any, tokens: list[int], end_id: int) -> str:
+    """The text of generated tokens up to the first end token."""
+    if end_id in tokens:
+        tokens = tokens[: tokens.index(end_id)]
     return tokenizer.decode(tokens, skip_special_tokens=True).strip()
 
 
 @torch.no_grad()
-def rank(model: VisionLanguageModel, batch: VQABatch, row: int) -> str:
-    """The candidate of `row` with the highest mean log-likelihood of its tokens (end-of-sequence included)."""
+def rank(model: VisionLanguageModel, batch: VQABatch, row: int, answer_format: AnswerFormat) -> str:
+    """The candidate of `row` with the highest mean log-likelihood of its tokens (end token included)."""
     tokenizer = model.tokenizer
     candidates = batch.candidates[row]
     inputs = batch.model_inputs()
     prompt = inputs["input_ids"][row][inputs["attention_mask"][row].bool()]
-    answers = [torch.tensor(answer_token_ids(tokenizer, c), device=prompt.device) for c in candidates]
+    answers = [torch.tensor(answer_format.token_ids(tokenizer, c), device=prompt.device) for c in candidates]
     longest = max(len(answer) for answer in answers)
     count, length = len(candidates), prompt.numel() + longest
     input_ids = torch.full((count, length), tokenizer.pad_token_id, dtype=torch.long, device=prompt.device)

@@ -2,10 +2,10 @@
 
 The audit runs the training encoding of every record (the image segment from the processor on an image of the
 record's size, without decoding the pixels) through the masking, and proves per sample that what the loss will
-see is the answer: the supervised tokens of each trained answer decode to its text, followed by the
-end-of-sequence token. A training sample with no supervised token, an answer cut by `data.max_length`, a
-supervised answer that decodes to anything else, or (for a masking that must not) a supervised prompt token is a
-hard error naming the record.
+see is the answer: the supervised tokens of each trained answer decode to its text, followed by the token that
+ends an answer (the plain template's end-of-sequence token, the chat template's end-of-turn token). A training
+sample with no supervised token, an answer cut by `data.max_length`, a supervised answer that decodes to
+anything else, or (for a masking that must not) a supervised prompt token is a hard error naming the record.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def check_sample(
             continue
         ids = input_ids[span][trained].tolist()
         text = tokenizer.decode(ids[:-1], skip_special_tokens=False).strip()
-        if text != turn.answer or ids[-1] != tokenizer.eos_token_id:
+        if text != turn.answer or ids[-1] != encoder.answer_format.end_id:
             check.mismatches.append(
                 f"supervised tokens decode to {tokenizer.decode(ids)!r}, the answer is {turn.answer!r}"
             )

@@ -41,6 +41,7 @@ from vigil.core.tiny import byte_level_bpe_tokenizer, with_padding
 from vigil.tasks.vqa.prompts import SYSTEM_PROMPT, Turn, answer_text, prompt_text
 from vigil.tasks.vqa.question_types import QUESTION_TYPES
 from vigil.tasks.vqa.synthetic import text_corpus
+from vigil.tasks.vqa.tiny_qwen2_vl import TINY_QWEN2_VL, TinyQwen2VL, ensure_tiny_qwen2_vl_checkpoint
 
 TINY = "tiny"
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<image>"]
@@ -127,8 +128,10 @@ class VisionLanguageModel(nn.Module):
         image_grid_thw: torch.Tensor | None,
         max_new_tokens: int,
         prefix_allowed_tokens_fn: Callable[[int, torch.Tensor], list[int]] | None = None,
+        end_token_id: int | None = None,
     ) -> torch.Tensor:
-        """Greedy continuations of left-padded prompts (the new tokens only), optionally constrained."""
+        """Greedy continuations of left-padded prompts (the new tokens only), optionally constrained, stopping at
+        `end_token_id` (default: the end-of-sequence token)."""
         output = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -137,7 +140,7 @@ class VisionLanguageModel(nn.Module):
             do_sample=False,
             num_beams=1,
             prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
-            eos_token_id=self.tokenizer.eos_token_id,
+            eos_token_id=self.tokenizer.eos_token_id if end_token_id is None else end_token_id,
             pad_token_id=self.tokenizer.pad_token_id,
         )
         return output[:, input_ids.shape[1] :]
@@ -203,12 +206,15 @@ def with_lora(model: PreTrainedModel, adapters: LoraAdapters) -> nn.Module:
 
 
 def resolve_checkpoint(name_or_path: str, cache_dir: Path, tiny: dict[str, Any] | None) -> str:
-    """What to hand `from_pretrained`: the tiny checkpoint's folder (written on first use), or the name as is."""
+    """What to hand `from_pretrained`: a tiny checkpoint's folder (`tiny`: LLaVA, `tiny_qwen2_vl`: Qwen2-VL; written
+    on first use), or the name as is."""
     # No progress bar per load and save: the run logs its own progress.
     hf_logging.disable_progress_bar()
-    if name_or_path != TINY:
-        return name_or_path
-    return str(ensure_tiny_checkpoint(cache_dir, TinyLlava(**(tiny or {}))))
+    if name_or_path == TINY:
+        return str(ensure_tiny_checkpoint(cache_dir, TinyLlava(**(tiny or {}))))
+    if name_or_path == TINY_QWEN2_VL:
+        return str(ensure_tiny_qwen2_vl_checkpoint(cache_dir, TinyQwen2VL(**(tiny or {}))))
+    return name_or_path
 
 
 def load_processor(

@@ -85,9 +85,11 @@ class VQAModule(TaskModule):
         self.strict_loading = not self.frozen
 
     def use_context(self, context: VQAContext) -> None:
-        """The training split's majority answers per type and per question text, for the baselines."""
+        """The training split's majority answers per type and per question text, for the baselines; how the prompt
+        spells answers, for decoding."""
         self.majority = dict(context.majority_answers)
         self.question_prior = dict(context.question_prior)
+        self.decoder.answer_format = context.answer_format
 
     def training_loss(self, batch: VQABatch) -> TrainingLoss:
         """Token cross-entropy of the labels the masking supervises."""

@@ -5,7 +5,9 @@ own and concatenated, as TRL does for completion-only loss: the boundary between
 boundary by construction, so a label mask taken from the segments can never drift by a token. Each token carries
 the `Role` of its segment; the masking strategies choose the supervised roles from that alone.
 
-The text is the surgical VQA template (one user/assistant pair per turn):
+This module holds the plain text template (`data.prompt=plain`, the seed experiment's); `chat.py` renders the
+same segments with a checkpoint's own chat template. The plain text is the surgical VQA template (one
+user/assistant pair per turn):
 
     System: You are a surgical VQA assistant. Answer concisely with only the final answer.
     User: <image>
@@ -70,12 +72,31 @@ class Encoding:
     image_inputs: dict[str, torch.Tensor]
 
 
-def prompt_text(turn: Turn, show_candidates: bool) -> str:
-    """The user prompt of one turn, after the image, up to and including `Answer:`."""
+@dataclass(frozen=True)
+class AnswerFormat:
+    """How an answer is spelt in a sequence: its text after `prefix`, then the token `end_id` that ends it (the
+    end-of-sequence token of the plain template, the end-of-turn token of a chat template)."""
+
+    prefix: str
+    end_id: int
+
+    def token_ids(self, tokenizer: Any, answer: str) -> list[int]:
+        """The tokens of an answer segment, end token included: exactly what training supervises and what
+        constrained decoding and ranking score."""
+        return [*tokenizer(self.prefix + answer, add_special_tokens=False)["input_ids"], self.end_id]
+
+
+def question_text(turn: Turn, show_candidates: bool) -> str:
+    """What a turn asks: its question type, the question, and the candidate answers when shown."""
     lines = [f"Question type: {turn.question_type}", f"Question: {turn.question}"]
     if show_candidates and turn.candidates:
         lines.append(f"Valid answers: {', '.join(turn.candidates)}")
-    return "\n" + "\n".join(lines) + "\nAssistant: Answer:"
+    return "\n".join(lines)
+
+
+def prompt_text(turn: Turn, show_candidates: bool) -> str:
+    """The user prompt of one turn, after the image, up to and including `Answer:`."""
+    return "\n" + question_text(turn, show_candidates) + "\nAssistant: Answer:"
 
 
 def answer_text(answer: str) -> str:
@@ -83,10 +104,14 @@ def answer_text(answer: str) -> str:
     return " " + answer
 
 
+def plain_answer_format(tokenizer: Any) -> AnswerFormat:
+    """The plain template's answers: after one space, ended by the end-of-sequence token."""
+    return AnswerFormat(answer_text(""), tokenizer.eos_token_id)
+
+
 def answer_token_ids(tokenizer: Any, answer: str) -> list[int]:
-    """The tokens of an answer segment, end-of-sequence included: exactly what training supervises and what
-    constrained decoding and ranking score."""
-    return [*tokenizer(answer_text(answer), add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+    """The tokens of an answer segment of the plain template, end-of-sequence included."""
+    return plain_answer_format(tokenizer).token_ids(tokenizer, answer)
 
 
 class PromptEncoder:
@@ -96,11 +121,19 @@ class PromptEncoder:
     `<|vision_start|><|image_pad|><|vision_end|>`); None takes the processor's `image_token`.
     """
 
-    def __init__(self, processor: Any, image_placeholder: str | None = None, show_candidates: bool = True) -> None:
+    def __init__(
+        self,
+        processor: Any,
+        image_placeholder: str | None = None,
+        show_candidates: bool = True,
+        system_prompt: str = SYSTEM_PROMPT,
+    ) -> None:
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.image_placeholder = image_placeholder or processor.image_token
         self.show_candidates = show_candidates
+        self.system_prompt = system_prompt
+        self.answer_format = plain_answer_format(self.tokenizer)
 
     def encode(self, image: ImageSegment, turns: Sequence[Turn], final_answer: bool = True) -> Encoding:
         """The sequence of `turns` about an image (its `image_segment`); without `final_answer` it ends at the last
@@ -110,7 +143,7 @@ class PromptEncoder:
         if self.tokenizer.bos_token_id is not None:
             encoding.input_ids.append(self.tokenizer.bos_token_id)
             encoding.roles.append(Role.SYSTEM)
-        self.append(encoding, self.text_ids(f"System: {SYSTEM_PROMPT}\n"), Role.SYSTEM)
+        self.append(encoding, self.text_ids(f"System: {self.system_prompt}\n"), Role.SYSTEM)
         for index, turn in enumerate(turns):
             last = index == len(turns) - 1
             self.append(encoding, self.text_ids("User: " if index == 0 else "\nUser: "), Role.PROMPT)
@@ -120,7 +153,7 @@ class PromptEncoder:
             if last and not final_answer:
                 break
             answer_role = Role.FINAL_ANSWER if last else Role.ANSWER
-            self.append(encoding, answer_token_ids(self.tokenizer, turn.answer), answer_role)
+            self.append(encoding, self.answer_format.token_ids(self.tokenizer, turn.answer), answer_role)
         return encoding
 
     def image_segment(self, image: Image.Image) -> ImageSegment:

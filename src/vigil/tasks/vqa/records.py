@@ -13,7 +13,7 @@ import torch
 
 from vigil.core.batch import Batch, meta, model_input, target
 from vigil.core.files import RecordPolicy
-from vigil.tasks.vqa.prompts import Turn
+from vigil.tasks.vqa.prompts import AnswerFormat, Turn
 
 
 @dataclass(frozen=True)
@@ -48,10 +48,12 @@ class Catalog:
 @dataclass(frozen=True)
 class VQAContext:
     """What the module needs from the data: the most frequent training answer of each question type, and of each
-    normalised question text (the two text-only baselines)."""
+    normalised question text (the two text-only baselines), and how the prompt spells an answer (for decoding;
+    None: the plain template's)."""
 
     majority_answers: dict[str, str]
     question_prior: dict[str, str] = field(default_factory=dict)
+    answer_format: AnswerFormat | None = None
 
 
 @dataclass
