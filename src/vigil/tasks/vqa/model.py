@@ -39,6 +39,7 @@ from vigil.core.errors import ConfigError
 from vigil.core.synthetic import ensure_synthetic
 from vigil.core.tiny import byte_level_bpe_tokenizer, with_padding
 from vigil.tasks.vqa.prompts import SYSTEM_PROMPT, Turn, answer_text, prompt_text
+from vigil.tasks.vqa.quantization import QuantizationName, prepare_for_training, quantization_config
 from vigil.tasks.vqa.question_types import QUESTION_TYPES
 from vigil.tasks.vqa.synthetic import text_corpus
 from vigil.tasks.vqa.tiny_qwen2_vl import TINY_QWEN2_VL, TinyQwen2VL, ensure_tiny_qwen2_vl_checkpoint
@@ -166,6 +167,8 @@ def vision_language_model(
     freeze_vision_tower: bool = False,
     frozen: Sequence[str] = (),
     dtype: str = "float32",
+    gradient_checkpointing: bool = False,
+    quantization: QuantizationName | None = None,
 ) -> VisionLanguageModel:
     """Load a checkpoint (hub name, folder, or `tiny`) with its tokenizer, then freeze and adapt it.
 
@@ -174,12 +177,16 @@ def vision_language_model(
       would otherwise wait for).
     - `lora`: `{r, alpha, dropout, target_modules}` adds LoRA adapters with peft; then only they train.
     - `dtype`: the weights' dtype (`bfloat16` halves a large model's memory; mixed precision is the trainer's).
+    - `gradient_checkpointing`: recompute activations in the backward pass (memory for compute).
+    - `quantization`: `4bit` (NF4) or `8bit` base weights through bitsandbytes, for QLoRA (`quantization.py`).
     """
     if dtype not in DTYPES:
         raise ConfigError(f"model.dtype={dtype} is not a dtype; valid: {', '.join(DTYPES)}")
+    bits = quantization_config(quantization, has_lora=bool(lora))
     path = resolve_checkpoint(name_or_path, Path(cache_dir), tiny)
     # from_pretrained returns a model in eval mode; Lightning keeps the modes it finds, so dropout would stay off.
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=DTYPES[dtype]).train()
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=DTYPES[dtype], quantization_config=bits).train()
+    model = prepare_for_training(model, bits is not None, gradient_checkpointing)
     tokenizer = load_processor(name_or_path, Path(cache_dir), tiny).tokenizer
     patterns = [VISION_TOWER] if freeze_vision_tower else []
     patterns += [re.compile(pattern) for pattern in frozen]
