@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
+
+from hydra.errors import InstantiationException
 
 
 class VigilError(Exception):
@@ -53,14 +55,24 @@ class SanityOverfitError(VigilError):
 
 
 def exit_on_vigil_error(main: Callable[..., Any]) -> Callable[..., Any]:
-    """Report a VigilError as one line on stderr and exit 1, instead of a traceback."""
+    """Report a VigilError as one line on stderr and exit 1, instead of a traceback; also one raised by a
+    `_target_` that Hydra's `instantiate` called (it wraps it in an InstantiationException)."""
 
     @functools.wraps(main)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return main(*args, **kwargs)
         except VigilError as error:
-            print(f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
-            sys.exit(1)
+            exit_with(error)
+        except InstantiationException as error:
+            if not isinstance(error.__cause__, VigilError):
+                raise
+            exit_with(error.__cause__)
 
     return wrapper
+
+
+def exit_with(error: VigilError) -> NoReturn:
+    """Print the error as one line on stderr and exit 1."""
+    print(f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
+    sys.exit(1)
