@@ -97,3 +97,20 @@ def test_export_refuses_a_missing_checkpoint_and_a_used_folder(fine_tuned, tmp_p
     (tmp_path / "used" / "model.safetensors").write_text("")
     with pytest.raises(ConfigError, match=r"^out=.*used: the folder is not empty \(choose a new one\)$"):
         export(ckpt_path, tmp_path / "used")
+
+
+@pytest.mark.slow
+def test_vigil_export_from_the_command_line_after_a_lora_fine_tune(cli, tmp_path: Path):
+    lora = ["task=vqa", "model=tiny_qwen2_vl", LORA, "data.synthetic.num_images=40", "data.batch_size=8"]
+    steps = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]
+    trained = cli(
+        "train", "logger=csv", "trainer.limit_test_batches=1", f"hydra.run.dir={tmp_path / 'run'}", *lora, *steps
+    )
+    assert trained.returncode == 0, trained.output
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    exported = cli("export", f"ckpt_path={ckpt}", f"out={tmp_path / 'merged'}", "merge=true")
+    assert exported.returncode == 0, exported.output
+    assert f"merged model written to {tmp_path / 'merged'}" in exported.stdout
+    merged = AutoModelForImageTextToText.from_pretrained(tmp_path / "merged")
+    assert type(merged).__name__ == "Qwen2VLForConditionalGeneration"
+    assert AutoProcessor.from_pretrained(tmp_path / "merged").chat_template

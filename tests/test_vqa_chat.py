@@ -6,14 +6,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import read_json
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, Qwen2VLProcessor
 
 from vigil.core.errors import ConfigError
 from vigil.tasks.vqa.chat import ChatTemplateEncoder, prompt_encoder
+from vigil.tasks.vqa.health import check_sample
 from vigil.tasks.vqa.masking import AnswerOnlyMasking, MultiTurnMasking
 from vigil.tasks.vqa.model import load_processor
-from vigil.tasks.vqa.prompts import SYSTEM_PROMPT, PromptEncoder, Role, Turn
+from vigil.tasks.vqa.prompts import SYSTEM_PROMPT, Encoding, PromptEncoder, Role, Turn
+from vigil.tasks.vqa.records import VQARecord
 from vigil.tasks.vqa.tiny_qwen2_vl import TinyQwen2VL, ensure_tiny_qwen2_vl_checkpoint
 
 TURNS = (
@@ -142,3 +145,36 @@ def test_a_template_that_rewrites_earlier_messages_is_one_config_error(processor
     )
     with pytest.raises(ConfigError, match=r"changes the text of earlier messages .* \(use data.prompt=plain\)$"):
         ChatTemplateEncoder(rewriting)
+
+
+def test_the_audit_proves_chat_answers_end_with_the_end_of_turn_token(tmp_path: Path, encoder):
+    record = VQARecord("r0", "0.png", tmp_path / "0.png", TURNS, tmp_path / "train.jsonl", "line 1")
+    segment = encoder.image_segment(IMAGE)
+    check = check_sample(record, encoder, segment, MultiTurnMasking(), max_length=512)
+    assert check.mismatches == [] and check.supervised_prompt == 0
+    assert check.supervised == 4  # "red<|im_end|>", "2<|im_end|>"
+    # Roles one token late (the classic masking drift) supervise <|im_end|> and the newline: the audit says so.
+    drifting = DriftingEncoder(encoder.processor, show_candidates=True)
+    check = check_sample(record, drifting, segment, MultiTurnMasking(), max_length=512)
+    assert check.mismatches[0] == "supervised tokens decode to '<|im_end|>\\n', the answer is 'red'"
+
+
+class DriftingEncoder(ChatTemplateEncoder):
+    """A broken encoder: every token gets the role of the token before it."""
+
+    def encode(self, image, turns, final_answer=True):
+        encoding = super().encode(image, turns, final_answer)
+        return Encoding(encoding.input_ids, [int(Role.PROMPT), *encoding.roles[:-1]], encoding.image_inputs)
+
+
+@pytest.mark.slow
+def test_tiny_qwen2_vl_with_the_chat_template_passes_the_audit_and_overfits(cli, tmp_path: Path):
+    args = ["task=vqa", "model=tiny_qwen2_vl", "data.synthetic.num_images=40", "data.batch_size=8"]
+    result = cli(
+        "train", "debug=overfit", "logger=csv", "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path}", *args
+    )
+    assert result.returncode == 0, result.output
+    assert "sanity overfit passed" in result.output
+    audit = read_json(tmp_path / "audit.json")
+    assert audit["errors"] == [] and audit["splits"]["train"]["answer_mismatches"] == 0
+    assert audit["splits"]["train"]["image_tokens_mean"] == 16

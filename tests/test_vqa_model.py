@@ -169,64 +169,14 @@ def test_freeze_vision_tower_freezes_the_vision_encoder_only(synthetic_cache: Pa
         assert parameter.requires_grad == ("vision_tower" not in name), name
 
 
-def write_tiny_qwen2_vl(folder: Path) -> None:
-    """A random Qwen2-VL checkpoint with its own processor: patch grids, merged patches and 3-D rotary positions."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (
-        PreTrainedTokenizerFast,
-        Qwen2VLConfig,
-        Qwen2VLForConditionalGeneration,
-        Qwen2VLImageProcessor,
-        Qwen2VLProcessor,
-    )
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
-
-    from vigil.tasks.vqa.model import tiny_corpus
-
-    special = ["<|endoftext|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600, special_tokens=special, initial_alphabet=alphabet, show_progress=False
-    )
-    tokenizer.train_from_iterator(tiny_corpus(), trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112)
-    processor = Qwen2VLProcessor(
-        image_processor=image_processor, tokenizer=fast, video_processor=Qwen2VLVideoProcessor()
-    )
-    ids = {token: fast.convert_tokens_to_ids(token) for token in special}
-    config = Qwen2VLConfig(
-        vision_config={"depth": 1, "embed_dim": 32, "hidden_size": 64, "num_heads": 2},
-        text_config={
-            "vocab_size": len(fast),
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 2,
-            "rope_parameters": {"rope_type": "default", "mrope_section": [4, 6, 6], "rope_theta": 10000.0},
-        },
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-    )
-    Qwen2VLForConditionalGeneration(config).save_pretrained(folder)
-    processor.save_pretrained(folder)
-
-
-def test_a_qwen2_vl_checkpoint_trains_with_lora_and_decodes_through_the_same_path(tmp_path: Path):
+def test_a_qwen2_vl_checkpoint_trains_with_lora_and_decodes_through_the_same_path(synthetic_cache: Path):
     from vigil.tasks.vqa.decoding import Decoder
     from vigil.tasks.vqa.model import load_processor
 
-    write_tiny_qwen2_vl(tmp_path / "qwen2_vl")
-    name = str(tmp_path / "qwen2_vl")
+    name = "tiny_qwen2_vl"
     lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
-    model = vision_language_model(name, cache_dir=str(tmp_path), lora=lora, freeze_vision_tower=True)
-    encoder = PromptEncoder(load_processor(name, tmp_path, None), "<|vision_start|><|image_pad|><|vision_end|>")
+    model = vision_language_model(name, cache_dir=str(synthetic_cache), lora=lora, freeze_vision_tower=True)
+    encoder = PromptEncoder(load_processor(name, synthetic_cache, None), "<|vision_start|><|image_pad|><|vision_end|>")
     turns = [TURNS[0], (Turn("What is the size of the polyp?", "5-10mm", "size_numeric", ("<5mm", "5-10mm")),)]
     images = [Image.new("RGB", (64, 64), (200, 90, 90)), Image.new("RGB", (90, 60), (90, 90, 200))]
 
@@ -247,9 +197,10 @@ def test_a_qwen2_vl_checkpoint_trains_with_lora_and_decodes_through_the_same_pat
         ]
 
     batch = VQACollate(encoder.tokenizer.pad_token_id, "right")(samples(True))
-    # Images of different sizes: a different number of patches each, told apart by the grid.
-    assert batch.image_grid_thw.tolist() == [[1, 4, 4], [1, 4, 6]]
-    assert batch.pixel_values.shape[0] == 16 + 24
+    # Images of different sizes: a different number of patches each, told apart by the grid (8-pixel patches;
+    # 90 x 60 is resized to 64 x 48 to stay within the processor's 64 x 64 pixels).
+    assert batch.image_grid_thw.tolist() == [[1, 8, 8], [1, 6, 8]]
+    assert batch.pixel_values.shape[0] == 64 + 48
     logits = model(batch.input_ids, batch.attention_mask, batch.pixel_values, batch.image_grid_thw)
     TokenCrossEntropy()(logits, supervised_labels(AnswerOnlyMasking(), batch.input_ids, batch.token_role)).backward()
     assert all(p.grad is not None for n, p in model.named_parameters() if "lora_" in n)

@@ -16,7 +16,8 @@ split files are an error. Question types missing from a record are inferred by `
 Every bad record is a DataError naming the file and line (raised, or skipped and counted with `on_error=skip`).
 
 Training samples are whole records (every turn of a conversation in one sequence, answers included); evaluation
-samples are single turns: each turn of a record is asked once, after the true earlier turns.
+samples are single turns: each turn of a record is asked once, after the true earlier turns. `data.prompt` picks
+how a sequence is written: the checkpoint's chat template or the plain text template (`chat.prompt_encoder`).
 """
 
 from __future__ import annotations
