@@ -12,6 +12,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, Qwen2VLProc
 
 from vigil.core.errors import ConfigError
 from vigil.tasks.vqa.chat import ChatTemplateEncoder, prompt_encoder
+from vigil.tasks.vqa.data import VQADataModule
 from vigil.tasks.vqa.health import check_sample
 from vigil.tasks.vqa.masking import AnswerOnlyMasking, MultiTurnMasking
 from vigil.tasks.vqa.model import load_processor
@@ -111,6 +112,12 @@ def test_prompt_auto_is_the_chat_template_when_the_processor_has_one(synthetic_c
         prompt_encoder(llava, "chat_template")
     with pytest.raises(ConfigError, match=r"^data.prompt=chatml is not a prompt; valid: auto, chat_template, plain$"):
         prompt_encoder(processor, "chatml")
+
+
+def test_a_misspelled_prompt_is_refused_before_any_data_is_read(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"^data.prompt=chatml is not a prompt; valid: auto, chat_template, plain$"):
+        VQADataModule(root=str(tmp_path), cache_dir=str(tmp_path), checkpoint="tiny_qwen2_vl", prompt="chatml")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_template_without_an_end_of_turn_token_ends_answers_with_end_of_sequence(processor):

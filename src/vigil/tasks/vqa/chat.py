@@ -46,8 +46,7 @@ def prompt_encoder(
     system_prompt: str = SYSTEM_PROMPT,
 ) -> PromptEncoder:
     """The encoder of `prompt`: the processor's chat template (`auto` when it has one) or the plain template."""
-    if prompt not in PROMPTS:
-        raise ConfigError(f"data.prompt={prompt} is not a prompt; valid: {', '.join(PROMPTS)}")
+    check_prompt(prompt)
     has_template = bool(getattr(processor, "chat_template", None))
     if prompt == "chat_template" and not has_template:
         raise ConfigError(
@@ -57,6 +56,12 @@ def prompt_encoder(
     if prompt == "plain" or not has_template:
         return PromptEncoder(processor, image_placeholder, show_candidates, system_prompt)
     return ChatTemplateEncoder(processor, show_candidates, system_prompt)
+
+
+def check_prompt(prompt: str) -> None:
+    """A ConfigError for a `data.prompt` that is not one."""
+    if prompt not in PROMPTS:
+        raise ConfigError(f"data.prompt={prompt} is not a prompt; valid: {', '.join(PROMPTS)}")
 
 
 class ChatTemplateEncoder(PromptEncoder):

@@ -49,7 +49,7 @@ from vigil.core.files import (
 )
 from vigil.core.guardrails import AuditReport
 from vigil.tasks.vqa.answers import build_candidates, majority_answers, normalize_answer, question_prior_answers
-from vigil.tasks.vqa.chat import PromptName, prompt_encoder
+from vigil.tasks.vqa.chat import PromptName, check_prompt, prompt_encoder
 from vigil.tasks.vqa.health import audit_splits
 from vigil.tasks.vqa.masking import VQAMasking
 from vigil.tasks.vqa.model import TinyLlava, load_processor
@@ -190,6 +190,7 @@ class VQADataModule(TaskDataModule):
         super().__init__(root, batch_size, num_workers, pin_memory, synthetic, seed)
         if format not in ("auto", "jsonl", "kvasir_csv"):
             raise ConfigError(f"data.format={format} is not a format; valid: auto, jsonl, kvasir_csv")
+        check_prompt(prompt)
         self.cache_dir = Path(cache_dir)
         self.checkpoint = checkpoint
         self.tiny = tiny
