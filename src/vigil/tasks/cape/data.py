@@ -1,12 +1,13 @@
 """CAPE data: MP-100 annotation files read into checked categories and instances, batched as episodes.
 
-`<root>/annotations/mp100_split<N>_<split>.json` is COCO style: `images[]` (`id`, `file_name` under a category
-folder of `<root>/images/`, `width`, `height`), `annotations[]` (`id`, `image_id`, `category_id`, `bbox` as
-`[x, y, w, h]`, `keypoints` as `[x, y, v] * K`) and `categories[]` (`id`, `name`, `keypoints` names,
-`skeleton`). Every annotation is checked on load: its category and image exist, `len(keypoints) == 3 * K` of its
-category, every visibility is 0, 1 or 2, the bbox has a positive width and height, the image file lies under the
-data root and exists. A failure is a DataError naming the file, the annotation id and the category; it is
-raised or, with `data.on_error=skip`, counted and skipped — never shortened, padded or guessed.
+`<root>/annotations/mp100_split<N>_<split>.json` (or the files `data.annotation_files` names, e.g. CapeFormer's
+cross-supercategory `cross_category_annotations/fewshot_{train,test}_<supercategory>.json`) is COCO style:
+`images[]` (`id`, `file_name` under a category folder of `<root>/images/`, `width`, `height`), `annotations[]`
+(`id`, `image_id`, `category_id`, `bbox` as `[x, y, w, h]`, `keypoints` as `[x, y, v] * K`) and `categories[]`
+(`id`, `name`, `keypoints` names, `skeleton`). Every annotation is checked on load: its category and image exist,
+`len(keypoints) == 3 * K` of its category, every visibility is 0, 1 or 2, the bbox has a positive width and height,
+the image file lies under the data root and exists. A failure is a DataError naming the file, the annotation id and
+the category; it is raised or, with `data.on_error=skip`, counted and skipped — never shortened, padded or guessed.
 
 Keypoint counts differ between categories: a batch pads K to its largest and carries `keypoint_mask`.
 """
@@ -170,6 +171,8 @@ def collate_episodes(samples: list[dict[str, Any]]) -> CapeBatch:
         query_keypoints=stacked("query_keypoints", 0),
         query_visibility=stacked("query_visibility", 0),
         support_visibility=support_visibility,
+        query_annotated_visibility=stacked("query_annotated_visibility", 0),
+        support_annotated_visibility=stacked("support_annotated_visibility", 1),
         query_keypoints_original=stacked("query_keypoints_original", 0),
         query_bbox=torch.stack([sample["query_bbox"] for sample in samples]),
         crop_to_original=torch.stack([sample["crop_to_original"] for sample in samples]),
@@ -216,13 +219,20 @@ class CapeDataModule(TaskDataModule):
         on_error: OnError = "raise",
         seed: int = 0,
         synthetic: dict[str, Any] | None = None,
+        annotation_files: dict[str, str] | None = None,
     ) -> None:
         super().__init__(root, batch_size, num_workers, pin_memory, synthetic, seed)
         if split not in range(1, 6):
             raise ConfigError(f"data.split={split} is not an MP-100 split; valid: 1, 2, 3, 4, 5")
         if shots < 1 or queries < 1 or episodes < 1:
             raise ConfigError("data.shots, data.queries and data.episodes must be at least 1")
+        if annotation_files is not None and set(annotation_files) != set(SPLITS):
+            raise ConfigError(
+                f"data.annotation_files names {sorted(annotation_files)}: give exactly {list(SPLITS)} "
+                "(paths under data.root), or null for the MP-100 split files"
+            )
         self.split = split
+        self.annotation_files = dict(annotation_files) if annotation_files is not None else None
         self.annotation_dir = annotation_dir
         self.image_dir = image_dir
         self.image_size = image_size
@@ -240,8 +250,14 @@ class CapeDataModule(TaskDataModule):
         """Read and check the three split files; one policy counts what every split skipped."""
         policy = RecordPolicy(self.on_error)
         for name in SPLITS:
-            path = split_file_path(self.data_root, self.annotation_dir, self.split, name)
+            path = self.annotation_path(name)
             self.files[name] = read_split_file(path, self.data_root, self.image_dir, policy, self.skeleton_base)
+
+    def annotation_path(self, split: str) -> Path:
+        """The annotation file of `split`: from `data.annotation_files` (kept under the root), else MP-100's."""
+        if self.annotation_files is None:
+            return split_file_path(self.data_root, self.annotation_dir, self.split, split)
+        return resolve_under(self.data_root, self.annotation_files[split], "data.annotation_files", split)
 
     def audit(self, masking: CapeMasking) -> AuditReport:
         """The CAPE audit of the three splits (see `health.audit_splits`)."""

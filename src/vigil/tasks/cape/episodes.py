@@ -7,7 +7,8 @@
   S supports and up to Q queries, all distinct; one item per (episode, query).
 - Crop: the bbox, padded by `padding` (1.25 as in the CAPE reference pipeline) to a square, resized to
   `image_size`, with an optional rotation and scale applied to the image and the keypoints by the same affine.
-  A keypoint that lands outside the crop is unlabelled (v=0) for that sample; its coordinates are kept as they are.
+  A keypoint that lands outside the crop is unlabelled (v=0) for training that sample; its coordinates are kept as
+  they are, and evaluation still scores it (by its annotated visibility, in original pixels).
   No flips: MP-100 files carry no left/right pairs, so a flip would swap what the keypoints mean.
 """
 
@@ -165,6 +166,10 @@ class EpisodeDataset(Dataset):
             "query_image": query.image,
             "query_keypoints": query.keypoints,
             "query_visibility": query.visibility,
+            "query_annotated_visibility": torch.from_numpy(instance.visibility),
+            "support_annotated_visibility": torch.stack(
+                [torch.from_numpy(self.instances[i].visibility) for i in episode.supports]
+            ),
             "query_keypoints_original": torch.from_numpy(instance.keypoints),
             "query_bbox": torch.tensor(instance.bbox, dtype=torch.float32),
             "crop_to_original": query.crop_to_original,

@@ -60,9 +60,10 @@ class CapeModule(TaskModule):
         return TrainingLoss(loss, outputs={"weight": weight.detach(), "keypoints": output.keypoints.detach()})
 
     def evaluate(self, batch: CapeBatch, split: str, batch_idx: int) -> None:
-        """PCK of the predictions and of the support baseline, over the keypoints the protocol scores."""
+        """PCK (and NME, AUC, EPE) of the predictions and PCK of the support baseline, over the keypoints the
+        protocol scores."""
         output: CapeOutput = self.forward_batch(batch)
-        valid = labelled_in_query_and_supports(batch.query_visibility, batch.support_visibility, batch.keypoint_mask)
+        valid = scored_keypoints(batch)
         support = support_coordinates(batch.support_keypoints, batch.support_weights)
         truth, bbox, category = batch.query_keypoints_original, batch.query_bbox, batch.category_id
         predicted = to_original(output.keypoints, batch.crop_to_original)
@@ -72,7 +73,8 @@ class CapeModule(TaskModule):
             self.picture_rows = picture_rows(batch, output, self.pictures)
 
     def log_metrics(self, split: str) -> None:
-        """`pck`, `mpck`, `pck_query_mean`, `samples`, `pck_support_baseline` and `pck/<category>` of the split."""
+        """`pck`, `mpck`, `pck_query_mean`, `nme`, `auc`, `epe`, `samples`, `pck_support_baseline` and
+        `pck/<category>` of the split."""
         values = self.metrics[split].compute()
         baseline = self.baselines[split].compute()
         self.metrics[split].reset()
@@ -82,7 +84,7 @@ class CapeModule(TaskModule):
 
     def split_values(self, values: dict[str, torch.Tensor], baseline: dict[str, torch.Tensor]) -> dict[str, Any]:
         """The logged values of one split, by name, from the model's and the baseline's computed PCK."""
-        logs = {name: values[name] for name in ("pck", "mpck", "pck_query_mean", "samples")}
+        logs = {name: values[name] for name in ("pck", "mpck", "pck_query_mean", "nme", "auc", "epe", "samples")}
         logs["pck_support_baseline"] = baseline["pck"]
         # torchmetrics squeezes one-element results: a single category comes back as a scalar.
         ids, per_category = values["category_ids"].reshape(-1), values["category_pck"].reshape(-1)
@@ -99,6 +101,14 @@ class CapeModule(TaskModule):
     def health_stats(self, outputs: dict[str, torch.Tensor], batch: CapeBatch) -> dict[str, float]:
         """Supervised keypoints of the batch, their share, and the spread of the predictions."""
         return health.health_stats(outputs["weight"], batch.keypoint_mask, outputs["keypoints"])
+
+
+def scored_keypoints(batch: CapeBatch) -> torch.Tensor:
+    """Boolean B x K: what the protocol scores, labelled as annotated in the query and every support, wherever
+    it falls relative to the crops (unlike the loss, which cannot use a keypoint outside its crop)."""
+    return labelled_in_query_and_supports(
+        batch.query_annotated_visibility, batch.support_annotated_visibility, batch.keypoint_mask
+    )
 
 
 def to_original(points: torch.Tensor, crop_to_original: torch.Tensor) -> torch.Tensor:
@@ -124,7 +134,7 @@ def picture_rows(batch: CapeBatch, output: CapeOutput, count: int) -> list[Episo
         # Normalised coordinates put pixel edges at integers; matplotlib puts pixel centres there.
         return points.detach().float().cpu().numpy() * size - 0.5
 
-    scored = labelled_in_query_and_supports(batch.query_visibility, batch.support_visibility, batch.keypoint_mask)
+    scored = scored_keypoints(batch)
     rows = []
     for i in range(min(count, len(batch))):
         real = int(batch.keypoint_mask[i].sum())
