@@ -15,7 +15,6 @@ from vigil.core.errors import ConfigError, DataError
 from vigil.core.files import RecordPolicy
 from vigil.tasks.cape.data import CapeDataModule, collate_episodes, read_split_file, split_file_path
 from vigil.tasks.cape.episodes import (
-    Augmentation,
     Episode,
     EpisodeDataset,
     TrainingEpisodes,
@@ -186,9 +185,9 @@ def test_crop_carries_keypoints_through_the_same_affine_and_back():
     instance = Instance(
         1, 7, Path("x.jpg"), (10.0, 5.0, 20.0, 10.0), np.array([[12.0, 7.0], [25.0, 13.0]]), np.array([2, 1])
     )
-    view = crop_view(image, instance, 32, 1.25, angle=30.0, zoom=1.1)
+    view = crop_view(image, instance, 32, 1.25)
     assert view.image.shape == (3, 32, 32)
-    matrix = crop_matrix(instance.bbox, 32, 1.25, 30.0, 1.1)
+    matrix = crop_matrix(instance.bbox, 32, 1.25)
     expected = (np.c_[instance.keypoints, np.ones(2)] @ matrix[:2].T) / 32
     np.testing.assert_allclose(view.keypoints.numpy(), expected, rtol=1e-5)
     back = view.keypoints.double() @ view.crop_to_original[:, :2].double().T + view.crop_to_original[:, 2].double()
@@ -208,7 +207,7 @@ def test_keypoint_pushed_out_of_the_crop_stops_counting():
     image = Image.new("RGB", (64, 64))
     keypoints = np.array([[20.0, 20.0], [60.0, 20.0], [0.0, 0.0]])
     instance = Instance(1, 7, Path("x.jpg"), (10.0, 10.0, 20.0, 20.0), keypoints, np.array([2, 2, 0]))
-    view = crop_view(image, instance, 32, 1.25, angle=0.0, zoom=1.0)
+    view = crop_view(image, instance, 32, 1.25)
     assert view.visibility.tolist() == [2, 0, 0]
     assert view.keypoints[1, 0] > 1, "its coordinates are kept; only its visibility changes"
 
@@ -246,7 +245,7 @@ def test_evaluation_episodes_are_fixed_seeded_and_distinct():
 
 def test_batches_pad_keypoints_with_a_validity_mask(tmp_path: Path):
     split = read(tmp_path, write_file(tmp_path, mp100_content()))
-    dataset = EpisodeDataset(split.instances, split.categories, 32, augmentation=Augmentation())
+    dataset = EpisodeDataset(split.instances, split.categories, 32, augment=None)
     batch = collate_episodes([dataset[Episode(7, (0,), 1)], dataset[Episode(9, (3,), 4)]])
     assert batch.support_images.shape == (2, 1, 3, 32, 32) and batch.query_keypoints.shape == (2, 3, 2)
     assert batch.keypoint_mask.tolist() == [[True, True, True], [True, True, False]]
@@ -358,7 +357,7 @@ def test_keypoint_labelled_outside_the_crop_is_scored_but_carries_no_loss(tmp_pa
     # The bbox [4, 6, 20, 16] padded 1.25 spans x in [1.5, 26.5]: a keypoint at x = 30 falls outside the crop.
     content["annotations"][1]["keypoints"][6:9] = [30.0, 14.0, 2]
     split = read(tmp_path, write_file(tmp_path, content))
-    dataset = EpisodeDataset(split.instances, split.categories, 32, augmentation=Augmentation())
+    dataset = EpisodeDataset(split.instances, split.categories, 32, augment=None)
     batch = collate_episodes([dataset[Episode(7, (2,), 1)]])
     split.instances[2].visibility[2] = 2
     batch_labelled_support = collate_episodes([dataset[Episode(7, (2,), 1)]])

@@ -21,11 +21,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from vigil.core.augmentation import FLIPS, augmentation_pipeline
 from vigil.core.data import TaskDataModule
 from vigil.core.errors import ConfigError, DataError
-from vigil.core.files import SPLITS, OnError, RecordPolicy, read_json, resolve_under
+from vigil.core.files import IMAGENET, SPLITS, OnError, RecordPolicy, read_json, resolve_under, timm_normalization
 from vigil.core.guardrails import AuditReport
-from vigil.tasks.cape.episodes import Augmentation, EpisodeDataset, TrainingEpisodes, evaluation_episodes
+from vigil.tasks.cape.episodes import EpisodeDataset, TrainingEpisodes, evaluation_episodes
 from vigil.tasks.cape.health import audit_splits
 from vigil.tasks.cape.masking import CapeMasking
 from vigil.tasks.cape.records import CapeBatch, CapeContext, Category, Instance, SplitFile
@@ -212,14 +213,13 @@ class CapeDataModule(TaskDataModule):
         batch_size: int = 16,
         num_workers: int = 0,
         pin_memory: bool = False,
-        augment: bool = True,
-        rotation: float = 15.0,
-        scale: float = 0.15,
+        augment: list[Any] | None = None,
         skeleton_base: SkeletonBase = "auto",
         on_error: OnError = "raise",
         seed: int = 0,
         synthetic: dict[str, Any] | None = None,
         annotation_files: dict[str, str] | None = None,
+        backbone: str | None = None,
     ) -> None:
         super().__init__(root, batch_size, num_workers, pin_memory, synthetic, seed)
         if split not in range(1, 6):
@@ -231,6 +231,8 @@ class CapeDataModule(TaskDataModule):
                 f"data.annotation_files names {sorted(annotation_files)}: give exactly {list(SPLITS)} "
                 "(paths under data.root), or null for the MP-100 split files"
             )
+        # The backbone's own input statistics (its timm pretrained config).
+        self.normalization = timm_normalization(backbone) if backbone else IMAGENET
         self.split = split
         self.annotation_files = dict(annotation_files) if annotation_files is not None else None
         self.annotation_dir = annotation_dir
@@ -241,7 +243,12 @@ class CapeDataModule(TaskDataModule):
         self.queries = queries
         self.episodes = episodes
         self.episodes_per_epoch = episodes_per_epoch
-        self.augmentation = Augmentation(rotation, scale) if augment else Augmentation()
+        self.augment = augmentation_pipeline(augment)
+        if self.augment is not None and any(isinstance(t, FLIPS) for t in self.augment.transforms):
+            raise ConfigError(
+                "data.augment has a flip: MP-100 categories declare no left/right keypoint pairs, so a flip would "
+                "swap what the keypoints mean; remove it"
+            )
         self.skeleton_base = skeleton_base
         self.on_error = on_error
         self.files: dict[str, SplitFile] = {}
@@ -265,9 +272,11 @@ class CapeDataModule(TaskDataModule):
         return audit_splits(self.files, masking, self.shots, self.queries, self.training_episodes())
 
     def context(self) -> CapeContext:
-        """Every category of every split, id -> name, for the module's per-category metric names."""
+        """Every category of every split, id -> name, for the module's per-category metric names; the input
+        normalisation, to draw the crops back."""
         self.setup()
-        return CapeContext({c.id: c.name for file in self.files.values() for c in file.categories.values()})
+        names = {c.id: c.name for file in self.files.values() for c in file.categories.values()}
+        return CapeContext(names, self.normalization)
 
     def training_episodes(self) -> TrainingEpisodes:
         """The class-balanced training episode sampler, seeded by `data.seed` (and the epoch)."""
@@ -282,11 +291,13 @@ class CapeDataModule(TaskDataModule):
             # Integer keys give the first epoch's episodes: Lightning's `overfit_batches` (debug=overfit) replaces
             # the sampler with a sequential one, and must then see the same few episodes every epoch.
             items = list(self.training_episodes())
-            augmentation = self.augmentation
+            augment = self.augment
         else:
             items = evaluation_episodes(file.instances_by_category, self.shots, self.queries, self.episodes, self.seed)
-            augmentation = None
-        return EpisodeDataset(file.instances, file.categories, self.image_size, self.padding, augmentation, items)
+            augment = None
+        return EpisodeDataset(
+            file.instances, file.categories, self.image_size, self.padding, augment, items, self.normalization
+        )
 
     def training_batches(self, dataset: EpisodeDataset) -> dict[str, Any]:
         """Batches of episodes drawn afresh each epoch by the episode sampler (keyed by Episode)."""

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vigil.core.files import denormalize
+from vigil.core.files import IMAGENET, Normalization, denormalize
 from vigil.core.module import TaskModule, TrainingLoss
 from vigil.core.pictures import publish_figure
 from vigil.tasks.cape import health
@@ -46,11 +46,13 @@ class CapeModule(TaskModule):
         self.metrics = nn.ModuleDict({split: PCK(threshold, mpck_thresholds) for split in EVALUATED})
         self.baselines = nn.ModuleDict({split: PCK(threshold, mpck_thresholds) for split in EVALUATED})
         self.category_names: dict[int, str] = {}
+        self.normalization = IMAGENET
         self.picture_rows: list[EpisodePicture] = []
 
     def use_context(self, context: CapeContext) -> None:
-        """Learn the category names, for the per-category metric names."""
+        """Learn the category names, for the per-category metric names, and the input normalisation."""
         self.category_names = dict(context.category_names)
+        self.normalization = context.normalization
 
     def training_loss(self, batch: CapeBatch) -> TrainingLoss:
         """The loss over the keypoints the masking counts; the weight and predictions go to the health monitor."""
@@ -70,7 +72,7 @@ class CapeModule(TaskModule):
         self.metrics[split].update(predicted, truth, valid, bbox, category)
         self.baselines[split].update(to_original(support, batch.crop_to_original), truth, valid, bbox, category)
         if split == "val" and batch_idx == 0 and self.pictures:
-            self.picture_rows = picture_rows(batch, output, self.pictures)
+            self.picture_rows = picture_rows(batch, output, self.pictures, self.normalization)
 
     def log_metrics(self, split: str) -> None:
         """`pck`, `mpck`, `pck_query_mean`, `nme`, `auc`, `epe`, `samples`, `pck_support_baseline` and
@@ -126,7 +128,9 @@ def metric_name(category: str) -> str:
     return re.sub(r"[^\w.-]+", "_", category)
 
 
-def picture_rows(batch: CapeBatch, output: CapeOutput, count: int) -> list[EpisodePicture]:
+def picture_rows(
+    batch: CapeBatch, output: CapeOutput, count: int, normalization: Normalization = IMAGENET
+) -> list[EpisodePicture]:
     """The first `count` episodes of a batch, in crop pixels, for `episode_grid`."""
     size = batch.query_images.shape[-1]
 
@@ -141,10 +145,10 @@ def picture_rows(batch: CapeBatch, output: CapeOutput, count: int) -> list[Episo
         rows.append(
             EpisodePicture(
                 category=batch.category_name[i],
-                support_image=to_pixels(batch.support_images[i, 0]),
+                support_image=to_pixels(batch.support_images[i, 0], normalization),
                 support_keypoints=pixels(batch.support_keypoints[i, 0, :real]),
                 support_labelled=batch.support_weights[i, 0, :real].cpu().numpy() > 0,
-                query_image=to_pixels(batch.query_images[i]),
+                query_image=to_pixels(batch.query_images[i], normalization),
                 true_keypoints=pixels(batch.query_keypoints[i, :real]),
                 predicted_keypoints=pixels(output.keypoints[i, :real]),
                 scored=scored[i, :real].cpu().numpy(),
@@ -154,6 +158,6 @@ def picture_rows(batch: CapeBatch, output: CapeOutput, count: int) -> list[Episo
     return rows
 
 
-def to_pixels(image: torch.Tensor) -> np.ndarray:
-    """An ImageNet-normalised 3 x H x W tensor back to H x W x 3 uint8."""
-    return (denormalize(image.detach().float().cpu()) * 255).byte().permute(1, 2, 0).numpy()
+def to_pixels(image: torch.Tensor, normalization: Normalization = IMAGENET) -> np.ndarray:
+    """A normalised 3 x H x W tensor back to H x W x 3 uint8."""
+    return (denormalize(image.detach().float().cpu(), normalization) * 255).byte().permute(1, 2, 0).numpy()

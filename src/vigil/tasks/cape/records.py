@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from vigil.core.batch import Batch, meta, model_input, target
-from vigil.core.files import RecordPolicy
+from vigil.core.files import IMAGENET, Normalization, RecordPolicy
 
 
 @dataclass(frozen=True)
@@ -64,9 +64,11 @@ class SplitFile:
 
 @dataclass(frozen=True)
 class CapeContext:
-    """What the module needs from the data: every category's name by id, for the per-category metric names."""
+    """What the module needs from the data: every category's name by id, for the per-category metric names, and
+    the input normalisation, to draw crops back."""
 
     category_names: dict[int, str]
+    normalization: Normalization = IMAGENET
 
 
 @dataclass
