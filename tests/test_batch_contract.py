@@ -43,7 +43,7 @@ class TakesKeywords(nn.Module):
 
 def test_fields_with_role_on_segmentation_batch():
     assert fields_with_role(SegmentationBatch, "input") == ("image",)
-    assert fields_with_role(SegmentationBatch, "target") == ("mask", "annotated")
+    assert fields_with_role(SegmentationBatch, "target") == ("mask", "annotated", "full_mask")
     assert fields_with_role(SegmentationBatch, "meta") == ("name",)
 
 

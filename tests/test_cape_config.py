@@ -17,7 +17,10 @@ def composed(*overrides: str):
         return compose("train", overrides=list(overrides))
 
 
-@pytest.mark.parametrize("overrides", [["task=cape"], ["experiment=mp100", "data.root=/data/mp100"]])
+@pytest.mark.parametrize(
+    "overrides",
+    [["task=cape"], ["experiment=mp100", "data.root=/data/mp100"], ["experiment=mp100_cross_category", "data.root=/d"]],
+)
 def test_cape_compositions_have_no_problems(overrides: list[str]):
     cfg = composed(*overrides)
     assert list(target_argument_problems(cfg)) == [] and list(threshold_problems(cfg)) == []

@@ -11,11 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from vigil.core.errors import DataError
+from vigil.core.errors import ConfigError, DataError
 from vigil.core.files import RecordPolicy
 from vigil.tasks.cape.data import CapeDataModule, collate_episodes, read_split_file, split_file_path
 from vigil.tasks.cape.episodes import (
-    Augmentation,
     Episode,
     EpisodeDataset,
     TrainingEpisodes,
@@ -24,6 +23,7 @@ from vigil.tasks.cape.episodes import (
     evaluation_episodes,
 )
 from vigil.tasks.cape.masking import AllKeypointsMasking, VisibleMasking
+from vigil.tasks.cape.module import scored_keypoints
 from vigil.tasks.cape.records import CapeBatch, CapeContext, Instance
 
 CATEGORIES = [
@@ -185,9 +185,9 @@ def test_crop_carries_keypoints_through_the_same_affine_and_back():
     instance = Instance(
         1, 7, Path("x.jpg"), (10.0, 5.0, 20.0, 10.0), np.array([[12.0, 7.0], [25.0, 13.0]]), np.array([2, 1])
     )
-    view = crop_view(image, instance, 32, 1.25, angle=30.0, zoom=1.1)
+    view = crop_view(image, instance, 32, 1.25)
     assert view.image.shape == (3, 32, 32)
-    matrix = crop_matrix(instance.bbox, 32, 1.25, 30.0, 1.1)
+    matrix = crop_matrix(instance.bbox, 32, 1.25)
     expected = (np.c_[instance.keypoints, np.ones(2)] @ matrix[:2].T) / 32
     np.testing.assert_allclose(view.keypoints.numpy(), expected, rtol=1e-5)
     back = view.keypoints.double() @ view.crop_to_original[:, :2].double().T + view.crop_to_original[:, 2].double()
@@ -207,7 +207,7 @@ def test_keypoint_pushed_out_of_the_crop_stops_counting():
     image = Image.new("RGB", (64, 64))
     keypoints = np.array([[20.0, 20.0], [60.0, 20.0], [0.0, 0.0]])
     instance = Instance(1, 7, Path("x.jpg"), (10.0, 10.0, 20.0, 20.0), keypoints, np.array([2, 2, 0]))
-    view = crop_view(image, instance, 32, 1.25, angle=0.0, zoom=1.0)
+    view = crop_view(image, instance, 32, 1.25)
     assert view.visibility.tolist() == [2, 0, 0]
     assert view.keypoints[1, 0] > 1, "its coordinates are kept; only its visibility changes"
 
@@ -245,7 +245,7 @@ def test_evaluation_episodes_are_fixed_seeded_and_distinct():
 
 def test_batches_pad_keypoints_with_a_validity_mask(tmp_path: Path):
     split = read(tmp_path, write_file(tmp_path, mp100_content()))
-    dataset = EpisodeDataset(split.instances, split.categories, 32, augmentation=Augmentation())
+    dataset = EpisodeDataset(split.instances, split.categories, 32, augment=None)
     batch = collate_episodes([dataset[Episode(7, (0,), 1)], dataset[Episode(9, (3,), 4)]])
     assert batch.support_images.shape == (2, 1, 3, 32, 32) and batch.query_keypoints.shape == (2, 3, 2)
     assert batch.keypoint_mask.tolist() == [[True, True, True], [True, True, False]]
@@ -350,3 +350,58 @@ def test_audit_refuses_a_category_in_two_splits_and_splits_without_episodes(tmp_
     ) in report.errors
     empty = audit_of(tmp_path / "empty", VisibleMasking())
     assert [e for e in empty.errors if e.startswith("val: no category has shots+1=2 instances")]
+
+
+def test_keypoint_labelled_outside_the_crop_is_scored_but_carries_no_loss(tmp_path: Path):
+    content = mp100_content()
+    # The bbox [4, 6, 20, 16] padded 1.25 spans x in [1.5, 26.5]: a keypoint at x = 30 falls outside the crop.
+    content["annotations"][1]["keypoints"][6:9] = [30.0, 14.0, 2]
+    split = read(tmp_path, write_file(tmp_path, content))
+    dataset = EpisodeDataset(split.instances, split.categories, 32, augment=None)
+    batch = collate_episodes([dataset[Episode(7, (2,), 1)]])
+    split.instances[2].visibility[2] = 2
+    batch_labelled_support = collate_episodes([dataset[Episode(7, (2,), 1)]])
+    assert batch.query_visibility.tolist() == [[2, 1, 0]], "outside the crop: no loss"
+    assert batch.query_annotated_visibility.tolist() == [[2, 1, 2]]
+    assert scored_keypoints(batch).tolist() == [[True, True, False]], "the support does not label it"
+    assert scored_keypoints(batch_labelled_support).tolist() == [[True, True, True]]
+    weight = VisibleMasking()(
+        batch_labelled_support.query_visibility, batch_labelled_support.support_visibility, batch.keypoint_mask
+    )
+    assert weight.tolist() == [[1.0, 1.0, 0.0]]
+    assert batch.query_keypoints_original[0, 2].tolist() == [30.0, 14.0]
+
+
+def test_cross_supercategory_preset_reads_its_annotation_files_under_the_root(tmp_path: Path):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    content = mp100_content()
+    for image in content["images"]:
+        image["file_name"] = f"images/{image['file_name']}"
+        path = tmp_path / image["file_name"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32, 32), (40 * image["id"], 90, 160)).save(path)
+    folder = tmp_path / "cross_category_annotations"
+    folder.mkdir()
+    for name in ("train", "test"):
+        (folder / f"fewshot_{name}_furniture.json").write_text(json.dumps(content))
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("train", ["experiment=mp100_cross_category", f"data.root={tmp_path}", "supercategory=furniture"])
+    module = instantiate(cfg.data)
+    module.setup()
+    assert {name: file.file.name for name, file in module.files.items()} == {
+        "train": "fewshot_train_furniture.json",
+        "val": "fewshot_test_furniture.json",
+        "test": "fewshot_test_furniture.json",
+    }
+    assert len(module.files["test"].instances) == 6
+
+
+def test_annotation_files_must_name_the_three_splits_and_stay_under_the_root(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"data.annotation_files names \['train'\]"):
+        CapeDataModule(str(tmp_path), annotation_files={"train": "a.json"})
+    outside = {"train": "../a.json", "val": "a.json", "test": "a.json"}
+    with pytest.raises(DataError, match="escapes the data root"):
+        CapeDataModule(str(tmp_path), annotation_files=outside).setup()

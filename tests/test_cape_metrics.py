@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -112,10 +113,67 @@ def test_merged_rank_states_equal_one_process_on_all_queries():
     rank0, rank1 = fed(queries[::2], 6), fed(queries[1::2], 6)
     rank0.merge_state(rank1)
     merged, single = rank0.compute(), fed(queries, 50).compute()
-    for name in ("pck", "mpck", "pck_query_mean"):
+    for name in ("pck", "mpck", "pck_query_mean", "nme", "auc", "epe"):
         assert merged[name].item() == pytest.approx(single[name].item(), abs=1e-6)
 
 
 @pytest.mark.filterwarnings("ignore:The ``compute`` method of metric PCK was called before")
 def test_no_update_gives_no_values():
     assert PCK().compute() == {}
+
+
+def mmpose_distances(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray, normalize: np.ndarray) -> np.ndarray:
+    """mmpose's `_calc_distances`: K x N normalised distances, -1 where masked out."""
+    n, k, _ = pred.shape
+    mask = mask.copy()
+    mask[np.where((normalize == 0).sum(1))[0], :] = False
+    distances = np.full((n, k), -1, dtype=np.float32)
+    normalize = normalize.copy()
+    normalize[np.where(normalize <= 0)] = 1e6
+    distances[mask] = np.linalg.norm(((pred - gt) / normalize[:, None, :])[mask], axis=-1)
+    return distances.T
+
+
+def mmpose_pck(pred, gt, mask, thr, normalize) -> float:
+    """mmpose's `keypoint_pck_accuracy` average (per-keypoint accuracies over the batch, then their mean)."""
+    accuracies = []
+    for row in mmpose_distances(pred, gt, mask, normalize):
+        valid = row != -1
+        accuracies.append((row[valid] < thr).sum() / valid.sum() if valid.sum() else -1)
+    accuracies = np.array(accuracies)
+    valid = accuracies[accuracies >= 0]
+    return valid.mean() if len(valid) else 0
+
+
+def mmpose_mean_distance(pred, gt, mask, normalize) -> float:
+    """mmpose's `keypoint_nme` (and `keypoint_epe` with a normaliser of ones)."""
+    distances = mmpose_distances(pred, gt, mask, normalize)
+    valid = distances[distances != -1]
+    return valid.sum() / max(1, len(valid))
+
+
+def poseanything_report(queries: list[dict]) -> dict[str, float]:
+    """PoseAnything's `_report_metric`: each query alone through mmpose's functions, then the mean over queries."""
+    results = {"PCK": [], "NME": [], "AUC": [], "EPE": []}
+    for query in queries:
+        pred = np.array([query["predicted"]], dtype=np.float32)
+        gt = np.array([query["truth"]], dtype=np.float32)
+        mask = np.array([query["valid"]])
+        size = max(query["bbox"][2:])
+        box = np.array([[size, size]])
+        results["PCK"].append(mmpose_pck(pred, gt, mask, 0.2, box))
+        results["NME"].append(mmpose_mean_distance(pred, gt, mask, box))
+        results["AUC"].append(np.mean([mmpose_pck(pred, gt, mask, i / 20, box) for i in range(20)]))
+        results["EPE"].append(mmpose_mean_distance(pred, gt, mask, np.ones((1, 2), dtype=np.float32)))
+    return {name: float(np.mean(values)) for name, values in results.items()}
+
+
+def test_pck_nme_auc_epe_equal_poseanythings_report_through_mmpose_functions():
+    queries = random_queries(60, seed=5)
+    result = fed(queries, 16).compute()
+    reference = poseanything_report(queries)
+    # The reference computes in float32, as mmpose does.
+    assert result["pck_query_mean"].item() == pytest.approx(reference["PCK"], abs=1e-5)
+    assert result["nme"].item() == pytest.approx(reference["NME"], rel=1e-4)
+    assert result["auc"].item() == pytest.approx(reference["AUC"], abs=1e-5)
+    assert result["epe"].item() == pytest.approx(reference["EPE"], rel=1e-4)

@@ -34,6 +34,8 @@ def tiny_batch(batch: int = 2, shots: int = 2, k: int = 5, size: int = 32) -> Ca
         query_keypoints=torch.rand(batch, k, 2, generator=generator),
         query_visibility=visibility * mask,
         support_visibility=support_visibility,
+        query_annotated_visibility=visibility * mask,
+        support_annotated_visibility=support_visibility,
         query_keypoints_original=torch.rand(batch, k, 2, generator=generator) * 100,
         query_bbox=torch.tensor([[0.0, 0.0, 100.0, 80.0]] * batch),
         crop_to_original=torch.tensor([[[125.0, 0.0, -12.5], [0.0, 125.0, -22.5]]] * batch),
@@ -87,7 +89,8 @@ def test_evaluation_values_name_categories_from_the_context_and_count_the_querie
         module.evaluate(batch, "test", 1)
     values = module.split_values(module.metrics["test"].compute(), module.baselines["test"].compute())
     assert set(values) == {
-        "pck", "mpck", "pck_query_mean", "samples", "pck_support_baseline", "pck/cat_face", "pck/chair"
+        "pck", "mpck", "pck_query_mean", "nme", "auc", "epe", "samples", "pck_support_baseline", "pck/cat_face",
+        "pck/chair",
     }  # fmt: skip
     assert values["samples"] == 4 and module.picture_rows == [], "pictures come from validation only"
     module.evaluate(batch, "val", 0)

@@ -41,7 +41,7 @@ def root(synthetic_root, tmp_path):
 
 
 def make_datamodule(root, **kwargs):
-    options = {"image_size": (32, 32), "batch_size": 4, "augment": False, **kwargs}
+    options = {"image_size": (32, 32), "batch_size": 4, "augment": [], **kwargs}
     return SegmentationDataModule(str(root), **options)
 
 

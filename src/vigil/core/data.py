@@ -133,7 +133,10 @@ class TaskDataModule(pl.LightningDataModule, ABC):
         its own, so making its iterator (which draws the worker seeds) leaves the global random state alone.
         """
         self.setup()
-        dataset = self.dataset(split)
+        return self.loader_of(split, self.dataset(split))
+
+    def loader_of(self, split: str, dataset: Dataset) -> DataLoader:
+        """The DataLoader of `dataset`, by the rule of `split` (see `loader`)."""
         options = {
             "collate_fn": self.collate(split),
             "num_workers": self.num_workers,

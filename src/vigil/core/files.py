@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import timm
 import torch
 from PIL import Image, UnidentifiedImageError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -23,9 +24,6 @@ from vigil.core.errors import ConfigError, DataError
 SPLITS = ("train", "val", "test")
 # The image files every reader accepts, compared lower-cased.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-# ImageNet statistics as (3, 1, 1) tensors, for normalising CHW pixels in [0, 1].
-IMAGENET_MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
-IMAGENET_STD = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
 
 T = TypeVar("T")
 OnError = Literal["raise", "skip"]
@@ -49,14 +47,44 @@ def open_image(path: Path, mode: str | None = "RGB", record: object | None = Non
         raise DataError(path, record, f"cannot be decoded as an image: {error}", "replace or remove the file") from None
 
 
-def normalize(pixels: torch.Tensor) -> torch.Tensor:
-    """CHW (or NCHW) pixels in [0, 1] to ImageNet-normalised values."""
-    return (pixels - IMAGENET_MEAN.to(pixels)) / IMAGENET_STD.to(pixels)
+@dataclass(frozen=True)
+class Normalization:
+    """How a pretrained network expects its input: pixels in [0, 1] scaled to `input_range`, then per-channel
+    `(x - mean) / std` (smp's and timm's pretrained settings)."""
+
+    mean: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_MEAN)
+    std: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_STD)
+    input_range: tuple[float, float] = (0.0, 1.0)
+
+    def stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std as (3, 1, 1) tensors of `like`'s dtype and device."""
+        return torch.tensor(self.mean).view(3, 1, 1).to(like), torch.tensor(self.std).view(3, 1, 1).to(like)
 
 
-def denormalize(pixels: torch.Tensor) -> torch.Tensor:
-    """ImageNet-normalised pixels back to [0, 1] (for pictures)."""
-    return (pixels * IMAGENET_STD.to(pixels) + IMAGENET_MEAN.to(pixels)).clamp(0, 1)
+IMAGENET = Normalization()
+
+
+def timm_normalization(model_name: str) -> Normalization:
+    """The statistics of a timm model's pretrained config (read offline, no weights); ImageNet's when it has
+    none."""
+    config = timm.get_pretrained_cfg(model_name)
+    if config is None or config.mean is None:
+        return IMAGENET
+    return Normalization(tuple(config.mean), tuple(config.std))
+
+
+def normalize(pixels: torch.Tensor, normalization: Normalization = IMAGENET) -> torch.Tensor:
+    """CHW (or NCHW) pixels in [0, 1] to the network's input values (ImageNet statistics unless given)."""
+    low, high = normalization.input_range
+    mean, std = normalization.stats(pixels)
+    return (pixels * (high - low) + low - mean) / std
+
+
+def denormalize(pixels: torch.Tensor, normalization: Normalization = IMAGENET) -> torch.Tensor:
+    """Normalised pixels back to [0, 1] (for pictures)."""
+    low, high = normalization.input_range
+    mean, std = normalization.stats(pixels)
+    return ((pixels * std + mean - low) / (high - low)).clamp(0, 1)
 
 
 def read_json(path: Path, missing: str = "check data.root") -> Any:

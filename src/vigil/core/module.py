@@ -45,6 +45,8 @@ class TaskModule(pl.LightningModule):
 
     task_name: ClassVar[str] = "task"
     alert_rule: ClassVar[Callable[..., dict[str, str]] | None] = None
+    # One name per test loader: `test`, or `test/<source>` each when the data has several test sets.
+    test_splits: tuple[str, ...] = ("test",)
 
     def __init__(
         self,
@@ -103,9 +105,9 @@ class TaskModule(pl.LightningModule):
         """Score one validation batch."""
         self.evaluate(batch, "val", batch_idx)
 
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        """Score one test batch."""
-        self.evaluate(batch, "test", batch_idx)
+    def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Score one test batch, under the name of the test set its loader reads."""
+        self.evaluate(batch, self.test_splits[dataloader_idx], batch_idx)
 
     def on_validation_epoch_end(self) -> None:
         """Log the validation metrics; draw pictures on rank zero, never for the sanity check."""
@@ -114,8 +116,9 @@ class TaskModule(pl.LightningModule):
             self.draw_pictures()
 
     def on_test_epoch_end(self) -> None:
-        """Log the test metrics."""
-        self.log_metrics("test")
+        """Log the test metrics of every test set."""
+        for split in self.test_splits:
+            self.log_metrics(split)
 
     def log_split(self, split: str, values: Mapping[str, torch.Tensor | float]) -> None:
         """Log metric values as `<split>/<name>`.

@@ -1,12 +1,13 @@
 """CAPE data: MP-100 annotation files read into checked categories and instances, batched as episodes.
 
-`<root>/annotations/mp100_split<N>_<split>.json` is COCO style: `images[]` (`id`, `file_name` under a category
-folder of `<root>/images/`, `width`, `height`), `annotations[]` (`id`, `image_id`, `category_id`, `bbox` as
-`[x, y, w, h]`, `keypoints` as `[x, y, v] * K`) and `categories[]` (`id`, `name`, `keypoints` names,
-`skeleton`). Every annotation is checked on load: its category and image exist, `len(keypoints) == 3 * K` of its
-category, every visibility is 0, 1 or 2, the bbox has a positive width and height, the image file lies under the
-data root and exists. A failure is a DataError naming the file, the annotation id and the category; it is
-raised or, with `data.on_error=skip`, counted and skipped — never shortened, padded or guessed.
+`<root>/annotations/mp100_split<N>_<split>.json` (or the files `data.annotation_files` names, e.g. CapeFormer's
+cross-supercategory `cross_category_annotations/fewshot_{train,test}_<supercategory>.json`) is COCO style:
+`images[]` (`id`, `file_name` under a category folder of `<root>/images/`, `width`, `height`), `annotations[]`
+(`id`, `image_id`, `category_id`, `bbox` as `[x, y, w, h]`, `keypoints` as `[x, y, v] * K`) and `categories[]`
+(`id`, `name`, `keypoints` names, `skeleton`). Every annotation is checked on load: its category and image exist,
+`len(keypoints) == 3 * K` of its category, every visibility is 0, 1 or 2, the bbox has a positive width and height,
+the image file lies under the data root and exists. A failure is a DataError naming the file, the annotation id and
+the category; it is raised or, with `data.on_error=skip`, counted and skipped — never shortened, padded or guessed.
 
 Keypoint counts differ between categories: a batch pads K to its largest and carries `keypoint_mask`.
 """
@@ -20,11 +21,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from vigil.core.augmentation import FLIPS, augmentation_pipeline
 from vigil.core.data import TaskDataModule
 from vigil.core.errors import ConfigError, DataError
-from vigil.core.files import SPLITS, OnError, RecordPolicy, read_json, resolve_under
+from vigil.core.files import IMAGENET, SPLITS, OnError, RecordPolicy, read_json, resolve_under, timm_normalization
 from vigil.core.guardrails import AuditReport
-from vigil.tasks.cape.episodes import Augmentation, EpisodeDataset, TrainingEpisodes, evaluation_episodes
+from vigil.tasks.cape.episodes import EpisodeDataset, TrainingEpisodes, evaluation_episodes
 from vigil.tasks.cape.health import audit_splits
 from vigil.tasks.cape.masking import CapeMasking
 from vigil.tasks.cape.records import CapeBatch, CapeContext, Category, Instance, SplitFile
@@ -170,6 +172,8 @@ def collate_episodes(samples: list[dict[str, Any]]) -> CapeBatch:
         query_keypoints=stacked("query_keypoints", 0),
         query_visibility=stacked("query_visibility", 0),
         support_visibility=support_visibility,
+        query_annotated_visibility=stacked("query_annotated_visibility", 0),
+        support_annotated_visibility=stacked("support_annotated_visibility", 1),
         query_keypoints_original=stacked("query_keypoints_original", 0),
         query_bbox=torch.stack([sample["query_bbox"] for sample in samples]),
         crop_to_original=torch.stack([sample["crop_to_original"] for sample in samples]),
@@ -209,20 +213,28 @@ class CapeDataModule(TaskDataModule):
         batch_size: int = 16,
         num_workers: int = 0,
         pin_memory: bool = False,
-        augment: bool = True,
-        rotation: float = 15.0,
-        scale: float = 0.15,
+        augment: list[Any] | None = None,
         skeleton_base: SkeletonBase = "auto",
         on_error: OnError = "raise",
         seed: int = 0,
         synthetic: dict[str, Any] | None = None,
+        annotation_files: dict[str, str] | None = None,
+        backbone: str | None = None,
     ) -> None:
         super().__init__(root, batch_size, num_workers, pin_memory, synthetic, seed)
         if split not in range(1, 6):
             raise ConfigError(f"data.split={split} is not an MP-100 split; valid: 1, 2, 3, 4, 5")
         if shots < 1 or queries < 1 or episodes < 1:
             raise ConfigError("data.shots, data.queries and data.episodes must be at least 1")
+        if annotation_files is not None and set(annotation_files) != set(SPLITS):
+            raise ConfigError(
+                f"data.annotation_files names {sorted(annotation_files)}: give exactly {list(SPLITS)} "
+                "(paths under data.root), or null for the MP-100 split files"
+            )
+        # The backbone's own input statistics (its timm pretrained config).
+        self.normalization = timm_normalization(backbone) if backbone else IMAGENET
         self.split = split
+        self.annotation_files = dict(annotation_files) if annotation_files is not None else None
         self.annotation_dir = annotation_dir
         self.image_dir = image_dir
         self.image_size = image_size
@@ -231,7 +243,12 @@ class CapeDataModule(TaskDataModule):
         self.queries = queries
         self.episodes = episodes
         self.episodes_per_epoch = episodes_per_epoch
-        self.augmentation = Augmentation(rotation, scale) if augment else Augmentation()
+        self.augment = augmentation_pipeline(augment)
+        if self.augment is not None and any(isinstance(t, FLIPS) for t in self.augment.transforms):
+            raise ConfigError(
+                "data.augment has a flip: MP-100 categories declare no left/right keypoint pairs, so a flip would "
+                "swap what the keypoints mean; remove it"
+            )
         self.skeleton_base = skeleton_base
         self.on_error = on_error
         self.files: dict[str, SplitFile] = {}
@@ -240,8 +257,14 @@ class CapeDataModule(TaskDataModule):
         """Read and check the three split files; one policy counts what every split skipped."""
         policy = RecordPolicy(self.on_error)
         for name in SPLITS:
-            path = split_file_path(self.data_root, self.annotation_dir, self.split, name)
+            path = self.annotation_path(name)
             self.files[name] = read_split_file(path, self.data_root, self.image_dir, policy, self.skeleton_base)
+
+    def annotation_path(self, split: str) -> Path:
+        """The annotation file of `split`: from `data.annotation_files` (kept under the root), else MP-100's."""
+        if self.annotation_files is None:
+            return split_file_path(self.data_root, self.annotation_dir, self.split, split)
+        return resolve_under(self.data_root, self.annotation_files[split], "data.annotation_files", split)
 
     def audit(self, masking: CapeMasking) -> AuditReport:
         """The CAPE audit of the three splits (see `health.audit_splits`)."""
@@ -249,9 +272,11 @@ class CapeDataModule(TaskDataModule):
         return audit_splits(self.files, masking, self.shots, self.queries, self.training_episodes())
 
     def context(self) -> CapeContext:
-        """Every category of every split, id -> name, for the module's per-category metric names."""
+        """Every category of every split, id -> name, for the module's per-category metric names; the input
+        normalisation, to draw the crops back."""
         self.setup()
-        return CapeContext({c.id: c.name for file in self.files.values() for c in file.categories.values()})
+        names = {c.id: c.name for file in self.files.values() for c in file.categories.values()}
+        return CapeContext(names, self.normalization)
 
     def training_episodes(self) -> TrainingEpisodes:
         """The class-balanced training episode sampler, seeded by `data.seed` (and the epoch)."""
@@ -266,11 +291,13 @@ class CapeDataModule(TaskDataModule):
             # Integer keys give the first epoch's episodes: Lightning's `overfit_batches` (debug=overfit) replaces
             # the sampler with a sequential one, and must then see the same few episodes every epoch.
             items = list(self.training_episodes())
-            augmentation = self.augmentation
+            augment = self.augment
         else:
             items = evaluation_episodes(file.instances_by_category, self.shots, self.queries, self.episodes, self.seed)
-            augmentation = None
-        return EpisodeDataset(file.instances, file.categories, self.image_size, self.padding, augmentation, items)
+            augment = None
+        return EpisodeDataset(
+            file.instances, file.categories, self.image_size, self.padding, augment, items, self.normalization
+        )
 
     def training_batches(self, dataset: EpisodeDataset) -> dict[str, Any]:
         """Batches of episodes drawn afresh each epoch by the episode sampler (keyed by Episode)."""

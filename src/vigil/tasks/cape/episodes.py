@@ -6,14 +6,15 @@
 - Evaluation: a fixed list, per category (sorted by id) `episodes` episodes drawn from `(seed, category)`, each
   S supports and up to Q queries, all distinct; one item per (episode, query).
 - Crop: the bbox, padded by `padding` (1.25 as in the CAPE reference pipeline) to a square, resized to
-  `image_size`, with an optional rotation and scale applied to the image and the keypoints by the same affine.
-  A keypoint that lands outside the crop is unlabelled (v=0) for that sample; its coordinates are kept as they are.
+  `image_size`. Training views then go through `data.augment` (torchvision transforms.v2 on the crop and its
+  `KeyPoints` together; the reference pipeline's rotation +-15 degrees and scale +-0.15 by default).
+  A keypoint that lands outside the crop is unlabelled (v=0) for training that sample; its coordinates are kept as
+  they are, and evaluation still scores it (by its annotated visibility, in original pixels).
   No flips: MP-100 files carry no left/right pairs, so a flip would swap what the keypoints mean.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -22,8 +23,10 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
+from torchvision import tv_tensors
+from torchvision.transforms import v2
 
-from vigil.core.files import normalize, open_image
+from vigil.core.files import IMAGENET, Normalization, normalize, open_image
 from vigil.tasks.cape.records import Category, Instance
 
 
@@ -33,14 +36,6 @@ class Episode(NamedTuple):
     category_id: int
     supports: tuple[int, ...]
     query: int
-
-
-@dataclass(frozen=True)
-class Augmentation:
-    """Random rotation (degrees, +-) and scale (+- fraction of the crop size); zero for none."""
-
-    rotation: float = 0.0
-    scale: float = 0.0
 
 
 class TrainingEpisodes(Sampler[Episode]):
@@ -88,21 +83,18 @@ def evaluation_episodes(
     return items
 
 
-def crop_matrix(bbox: Sequence[float], size: int, padding: float, angle: float = 0.0, zoom: float = 1.0) -> np.ndarray:
-    """3 x 3 affine from original pixels to crop pixels: centre the bbox, pad it to a square, rotate, resize."""
+def crop_matrix(bbox: Sequence[float], size: int, padding: float) -> np.ndarray:
+    """3 x 3 affine from original pixels to crop pixels: centre the bbox, pad it to a square, resize."""
     x, y, w, h = bbox
-    side = max(w, h) * padding / zoom
-    cos, sin = math.cos(math.radians(angle)), math.sin(math.radians(angle))
-    to_origin = np.array([[1, 0, -(x + w / 2)], [0, 1, -(y + h / 2)], [0, 0, 1]])
-    rotate_scale = np.array([[cos, -sin, 0], [sin, cos, 0], [0, 0, 1]]) * np.array([[size / side], [size / side], [1]])
-    to_centre = np.array([[1, 0, size / 2], [0, 1, size / 2], [0, 0, 1]])
-    return to_centre @ rotate_scale @ to_origin
+    scale = size / (max(w, h) * padding)
+    return np.array([[scale, 0, size / 2 - scale * (x + w / 2)], [0, scale, size / 2 - scale * (y + h / 2)], [0, 0, 1]])
 
 
 @dataclass
 class View:
     """One instance as model input: the crop, keypoints normalised to it, visibility inside it, and the affine
-    from normalised crop coordinates back to original pixels (2 x 3)."""
+    from normalised crop coordinates back to original pixels (2 x 3; of the crop before augmentation, which only
+    training views get and nothing maps back)."""
 
     image: torch.Tensor
     keypoints: torch.Tensor
@@ -110,19 +102,33 @@ class View:
     crop_to_original: torch.Tensor
 
 
-def crop_view(image: Image.Image, instance: Instance, size: int, padding: float, angle: float, zoom: float) -> View:
-    """Crop `image` around `instance` and carry its keypoints through the same affine."""
-    matrix = crop_matrix(instance.bbox, size, padding, angle, zoom)
+def crop_view(
+    image: Image.Image,
+    instance: Instance,
+    size: int,
+    padding: float,
+    augment: v2.Compose | None = None,
+    normalization: Normalization = IMAGENET,
+) -> View:
+    """Crop `image` around `instance`, carry its keypoints through the same affine, then through `augment`."""
+    matrix = crop_matrix(instance.bbox, size, padding)
     inverse = np.linalg.inv(matrix)
     # PIL maps each output pixel through the inverse affine to the input.
     crop = image.transform((size, size), Image.AFFINE, data=tuple(inverse[:2].flatten()), resample=Image.BILINEAR)
-    points = np.c_[instance.keypoints, np.ones(len(instance.keypoints))] @ matrix[:2].T / size
-    inside = np.all((points >= 0) & (points < 1), axis=1)
     pixels = torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255).permute(2, 0, 1)
+    points = torch.from_numpy(np.c_[instance.keypoints, np.ones(len(instance.keypoints))] @ matrix[:2].T)
+    if augment is not None:
+        # Crop pixels put pixel edges at integers, the convention of v2's affine for images and keypoints alike.
+        image_out, moved = augment(
+            tv_tensors.Image(pixels), tv_tensors.KeyPoints(points.float(), canvas_size=(size, size))
+        )
+        pixels, points = image_out.as_subclass(torch.Tensor), moved.as_subclass(torch.Tensor).double()
+    points = points / size
+    inside = ((points >= 0) & (points < 1)).all(dim=1)
     return View(
-        image=normalize(pixels),
-        keypoints=torch.from_numpy(points.astype(np.float32)),
-        visibility=torch.from_numpy(np.where(inside, instance.visibility, 0)),
+        image=normalize(pixels, normalization),
+        keypoints=points.float(),
+        visibility=torch.where(inside, torch.from_numpy(instance.visibility), 0),
         crop_to_original=torch.from_numpy((inverse @ np.diag([size, size, 1.0]))[:2].astype(np.float32)),
     )
 
@@ -137,14 +143,16 @@ class EpisodeDataset(Dataset):
         categories: Mapping[int, Category],
         size: int,
         padding: float = 1.25,
-        augmentation: Augmentation | None = None,
+        augment: v2.Compose | None = None,
         episodes: Sequence[Episode] = (),
+        normalization: Normalization = IMAGENET,
     ) -> None:
         self.instances = instances
         self.categories = categories
         self.size = size
         self.padding = padding
-        self.augmentation = augmentation or Augmentation()
+        self.augment = augment
+        self.normalization = normalization
         self.episodes = list(episodes)
 
     def __len__(self) -> int:
@@ -165,6 +173,10 @@ class EpisodeDataset(Dataset):
             "query_image": query.image,
             "query_keypoints": query.keypoints,
             "query_visibility": query.visibility,
+            "query_annotated_visibility": torch.from_numpy(instance.visibility),
+            "support_annotated_visibility": torch.stack(
+                [torch.from_numpy(self.instances[i].visibility) for i in episode.supports]
+            ),
             "query_keypoints_original": torch.from_numpy(instance.keypoints),
             "query_bbox": torch.tensor(instance.bbox, dtype=torch.float32),
             "crop_to_original": query.crop_to_original,
@@ -176,10 +188,7 @@ class EpisodeDataset(Dataset):
         }
 
     def view(self, index: int) -> View:
-        """Instance `index` cropped, with a random rotation and scale when augmenting."""
+        """Instance `index` cropped, and augmented when this dataset augments."""
         instance = self.instances[index]
-        rotation, scale = self.augmentation.rotation, self.augmentation.scale
-        angle = float(torch.empty(1).uniform_(-rotation, rotation)) if rotation else 0.0
-        zoom = float(torch.empty(1).uniform_(1 - scale, 1 + scale)) if scale else 1.0
         image = open_image(instance.path, record=f"annotation {instance.annotation_id}")
-        return crop_view(image, instance, self.size, self.padding, angle, zoom)
+        return crop_view(image, instance, self.size, self.padding, self.augment, self.normalization)

@@ -1,4 +1,5 @@
-"""PCK for CAPE, as the MP-100 protocol computes it, as a torchmetrics Metric (per-query scores synced across DDP).
+"""PCK (with NME, AUC and EPE) for CAPE, as the MP-100 protocol computes it, as a torchmetrics Metric (per-query
+scores synced across DDP).
 
 Written here because torchmetrics has no keypoint metric, and mmpose's `keypoint_pck_accuracy` scores one batch of
 identical categories at a time (and its CAPE decode loop is correct only at batch size 1). Rules, stated once:
@@ -10,6 +11,10 @@ identical categories at a time (and its CAPE decode loop is correct only at batc
 - `pck`: the mean over categories of each category's mean over its queries (`pck_query_mean`: the mean over all
   queries, mmpose's report; the two agree when every category has as many queries).
 - `mpck`: the same category mean, averaged over the thresholds 0.05, 0.10, 0.15, 0.20, 0.25.
+- `nme`, `auc`, `epe`: PoseAnything's report (mmpose's `keypoint_nme`, `keypoint_auc`, `keypoint_epe` on one query
+  at a time, then the mean over queries). NME: the mean distance of the valid keypoints / max(w, h) of the bbox;
+  AUC: the mean PCK over the thresholds 0, 0.05, ..., 0.95 of that size; EPE: the mean distance in pixels. A query
+  with no valid keypoint scores 0 in each, as mmpose returns.
 - `samples`: the number of queries scored (after the DDP sync: over every rank), to prove each was scored once.
 Every batch is scored at once (B x K x thresholds), for any batch size.
 """
@@ -23,6 +28,9 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 MPCK_THRESHOLDS = (0.05, 0.10, 0.15, 0.20, 0.25)
+# mmpose's `keypoint_auc`: PCK at i / 20 for i = 0..19, averaged.
+AUC_THRESHOLDS = tuple(i / 20 for i in range(20))
+ERRORS = ("nme", "auc", "epe")
 
 
 def query_scores(
@@ -38,6 +46,22 @@ def query_scores(
     return hits.sum(dim=1).double() / valid.sum(dim=1, keepdim=True).clamp_min(1).double()
 
 
+def query_errors(
+    predicted: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, bbox: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Per query (B): `nme`, `auc` and `epe` as documented above; same arguments as `query_scores`."""
+    valid = valid.bool()
+    count = valid.sum(dim=1).clamp_min(1).double()
+    distance = (predicted.double() - target.double()).norm(dim=-1) * valid
+    size = bbox[:, 2:].amax(dim=1).double()
+    thresholds = torch.tensor(AUC_THRESHOLDS, dtype=torch.float64, device=predicted.device)
+    return {
+        "nme": distance.sum(dim=1) / size / count,
+        "auc": query_scores(predicted, target, valid, bbox, thresholds).mean(dim=1),
+        "epe": distance.sum(dim=1) / count,
+    }
+
+
 class PCK(Metric):
     """PCK@`threshold` per category and its mean over categories, the query mean, and mPCK."""
 
@@ -48,8 +72,8 @@ class PCK(Metric):
         self.thresholds = tuple(sorted({float(threshold), *map(float, mpck_thresholds)}))
         self.main = self.thresholds.index(float(threshold))
         self.mpck = [self.thresholds.index(float(t)) for t in mpck_thresholds]
-        self.add_state("scores", default=[], dist_reduce_fx="cat")
-        self.add_state("categories", default=[], dist_reduce_fx="cat")
+        for name in ("scores", "categories", *ERRORS):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
 
     def update(
         self,
@@ -64,10 +88,12 @@ class PCK(Metric):
         thresholds = torch.tensor(self.thresholds, dtype=torch.float64, device=predicted.device)
         self.scores.append(query_scores(predicted.detach(), target, valid, bbox, thresholds))
         self.categories.append(category)
+        for name, values in query_errors(predicted.detach(), target, valid, bbox).items():
+            getattr(self, name).append(values)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        """`pck`, `mpck`, `pck_query_mean`, `samples` (the queries scored, on every rank together), and
-        `category_ids` with their `category_pck` (empty when no query)."""
+        """`pck`, `mpck`, `pck_query_mean`, `nme`, `auc`, `epe`, `samples` (the queries scored, on every rank
+        together), and `category_ids` with their `category_pck` (empty when no query)."""
         if isinstance(self.scores, list) and not self.scores:
             return {}
         scores, categories = dim_zero_cat(self.scores), dim_zero_cat(self.categories)
@@ -78,6 +104,7 @@ class PCK(Metric):
             "pck": per_category[:, self.main].mean().float(),
             "mpck": per_category[:, self.mpck].mean().float(),
             "pck_query_mean": scores[:, self.main].mean().float(),
+            **{name: dim_zero_cat(getattr(self, name)).mean().float() for name in ERRORS},
             "samples": scores.new_tensor(len(scores)).float(),
             "category_ids": ids,
             "category_pck": per_category[:, self.main].float(),

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vigil.core.files import denormalize
+from vigil.core.files import IMAGENET, Normalization, denormalize
 from vigil.core.module import TaskModule, TrainingLoss
 from vigil.core.pictures import publish_figure
 from vigil.tasks.cape import health
@@ -46,11 +46,13 @@ class CapeModule(TaskModule):
         self.metrics = nn.ModuleDict({split: PCK(threshold, mpck_thresholds) for split in EVALUATED})
         self.baselines = nn.ModuleDict({split: PCK(threshold, mpck_thresholds) for split in EVALUATED})
         self.category_names: dict[int, str] = {}
+        self.normalization = IMAGENET
         self.picture_rows: list[EpisodePicture] = []
 
     def use_context(self, context: CapeContext) -> None:
-        """Learn the category names, for the per-category metric names."""
+        """Learn the category names, for the per-category metric names, and the input normalisation."""
         self.category_names = dict(context.category_names)
+        self.normalization = context.normalization
 
     def training_loss(self, batch: CapeBatch) -> TrainingLoss:
         """The loss over the keypoints the masking counts; the weight and predictions go to the health monitor."""
@@ -60,19 +62,21 @@ class CapeModule(TaskModule):
         return TrainingLoss(loss, outputs={"weight": weight.detach(), "keypoints": output.keypoints.detach()})
 
     def evaluate(self, batch: CapeBatch, split: str, batch_idx: int) -> None:
-        """PCK of the predictions and of the support baseline, over the keypoints the protocol scores."""
+        """PCK (and NME, AUC, EPE) of the predictions and PCK of the support baseline, over the keypoints the
+        protocol scores."""
         output: CapeOutput = self.forward_batch(batch)
-        valid = labelled_in_query_and_supports(batch.query_visibility, batch.support_visibility, batch.keypoint_mask)
+        valid = scored_keypoints(batch)
         support = support_coordinates(batch.support_keypoints, batch.support_weights)
         truth, bbox, category = batch.query_keypoints_original, batch.query_bbox, batch.category_id
         predicted = to_original(output.keypoints, batch.crop_to_original)
         self.metrics[split].update(predicted, truth, valid, bbox, category)
         self.baselines[split].update(to_original(support, batch.crop_to_original), truth, valid, bbox, category)
         if split == "val" and batch_idx == 0 and self.pictures:
-            self.picture_rows = picture_rows(batch, output, self.pictures)
+            self.picture_rows = picture_rows(batch, output, self.pictures, self.normalization)
 
     def log_metrics(self, split: str) -> None:
-        """`pck`, `mpck`, `pck_query_mean`, `samples`, `pck_support_baseline` and `pck/<category>` of the split."""
+        """`pck`, `mpck`, `pck_query_mean`, `nme`, `auc`, `epe`, `samples`, `pck_support_baseline` and
+        `pck/<category>` of the split."""
         values = self.metrics[split].compute()
         baseline = self.baselines[split].compute()
         self.metrics[split].reset()
@@ -82,7 +86,7 @@ class CapeModule(TaskModule):
 
     def split_values(self, values: dict[str, torch.Tensor], baseline: dict[str, torch.Tensor]) -> dict[str, Any]:
         """The logged values of one split, by name, from the model's and the baseline's computed PCK."""
-        logs = {name: values[name] for name in ("pck", "mpck", "pck_query_mean", "samples")}
+        logs = {name: values[name] for name in ("pck", "mpck", "pck_query_mean", "nme", "auc", "epe", "samples")}
         logs["pck_support_baseline"] = baseline["pck"]
         # torchmetrics squeezes one-element results: a single category comes back as a scalar.
         ids, per_category = values["category_ids"].reshape(-1), values["category_pck"].reshape(-1)
@@ -101,6 +105,14 @@ class CapeModule(TaskModule):
         return health.health_stats(outputs["weight"], batch.keypoint_mask, outputs["keypoints"])
 
 
+def scored_keypoints(batch: CapeBatch) -> torch.Tensor:
+    """Boolean B x K: what the protocol scores, labelled as annotated in the query and every support, wherever
+    it falls relative to the crops (unlike the loss, which cannot use a keypoint outside its crop)."""
+    return labelled_in_query_and_supports(
+        batch.query_annotated_visibility, batch.support_annotated_visibility, batch.keypoint_mask
+    )
+
+
 def to_original(points: torch.Tensor, crop_to_original: torch.Tensor) -> torch.Tensor:
     """B x K x 2 crop-normalised points mapped to original pixels by each sample's 2 x 3 affine."""
     return torch.einsum("bkj,bij->bki", points, crop_to_original[:, :, :2]) + crop_to_original[:, None, :, 2]
@@ -116,7 +128,9 @@ def metric_name(category: str) -> str:
     return re.sub(r"[^\w.-]+", "_", category)
 
 
-def picture_rows(batch: CapeBatch, output: CapeOutput, count: int) -> list[EpisodePicture]:
+def picture_rows(
+    batch: CapeBatch, output: CapeOutput, count: int, normalization: Normalization = IMAGENET
+) -> list[EpisodePicture]:
     """The first `count` episodes of a batch, in crop pixels, for `episode_grid`."""
     size = batch.query_images.shape[-1]
 
@@ -124,17 +138,17 @@ def picture_rows(batch: CapeBatch, output: CapeOutput, count: int) -> list[Episo
         # Normalised coordinates put pixel edges at integers; matplotlib puts pixel centres there.
         return points.detach().float().cpu().numpy() * size - 0.5
 
-    scored = labelled_in_query_and_supports(batch.query_visibility, batch.support_visibility, batch.keypoint_mask)
+    scored = scored_keypoints(batch)
     rows = []
     for i in range(min(count, len(batch))):
         real = int(batch.keypoint_mask[i].sum())
         rows.append(
             EpisodePicture(
                 category=batch.category_name[i],
-                support_image=to_pixels(batch.support_images[i, 0]),
+                support_image=to_pixels(batch.support_images[i, 0], normalization),
                 support_keypoints=pixels(batch.support_keypoints[i, 0, :real]),
                 support_labelled=batch.support_weights[i, 0, :real].cpu().numpy() > 0,
-                query_image=to_pixels(batch.query_images[i]),
+                query_image=to_pixels(batch.query_images[i], normalization),
                 true_keypoints=pixels(batch.query_keypoints[i, :real]),
                 predicted_keypoints=pixels(output.keypoints[i, :real]),
                 scored=scored[i, :real].cpu().numpy(),
@@ -144,6 +158,6 @@ def picture_rows(batch: CapeBatch, output: CapeOutput, count: int) -> list[Episo
     return rows
 
 
-def to_pixels(image: torch.Tensor) -> np.ndarray:
-    """An ImageNet-normalised 3 x H x W tensor back to H x W x 3 uint8."""
-    return (denormalize(image.detach().float().cpu()) * 255).byte().permute(1, 2, 0).numpy()
+def to_pixels(image: torch.Tensor, normalization: Normalization = IMAGENET) -> np.ndarray:
+    """A normalised 3 x H x W tensor back to H x W x 3 uint8."""
+    return (denormalize(image.detach().float().cpu(), normalization) * 255).byte().permute(1, 2, 0).numpy()

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from vigil.core.batch import Batch, meta, model_input, target
-from vigil.core.files import RecordPolicy
+from vigil.core.files import IMAGENET, Normalization, RecordPolicy
 
 
 @dataclass(frozen=True)
@@ -64,9 +64,11 @@ class SplitFile:
 
 @dataclass(frozen=True)
 class CapeContext:
-    """What the module needs from the data: every category's name by id, for the per-category metric names."""
+    """What the module needs from the data: every category's name by id, for the per-category metric names, and
+    the input normalisation, to draw crops back."""
 
     category_names: dict[int, str]
+    normalization: Normalization = IMAGENET
 
 
 @dataclass
@@ -83,8 +85,11 @@ class CapeBatch(Batch):
     query_images: torch.Tensor = model_input()  # B x 3 x H x W
     keypoint_mask: torch.Tensor = model_input()  # B x K, False on padding
     query_keypoints: torch.Tensor = target()  # B x K x 2
-    query_visibility: torch.Tensor = target()  # B x K, 0 / 1 / 2 (0 outside the crop)
-    support_visibility: torch.Tensor = target()  # B x S x K
+    query_visibility: torch.Tensor = target()  # B x K, 0 / 1 / 2 (0 outside the crop): what the loss may use
+    support_visibility: torch.Tensor = target()  # B x S x K, likewise
+    # As annotated, wherever the keypoint falls: what evaluation scores (the MP-100 protocol ignores the crop).
+    query_annotated_visibility: torch.Tensor = target()  # B x K
+    support_annotated_visibility: torch.Tensor = target()  # B x S x K
     query_keypoints_original: torch.Tensor = meta()  # B x K x 2, original pixels as annotated
     query_bbox: torch.Tensor = meta()  # B x 4, [x, y, w, h] in the original image
     crop_to_original: torch.Tensor = meta()  # B x 2 x 3, normalised crop -> original pixels

@@ -5,24 +5,38 @@ Layout under `data.root`: `images/<name>.<ext>`, `masks/<name>.<ext>` (same name
 mask) and a split file `{"train": ["images/a.jpg", ...], "val": [...], "test": [...]}`. Masks are either
 thresholded (`mask_encoding=threshold`, Kvasir-SEG's JPEG masks: value > 127 is foreground) or class indices
 (`mask_encoding=index`, PNG label maps with values in 0..num_classes-1 and an optional `ignore_index`).
+
+Several data sets (`data.roots={kvasir: ..., cvc: ...}`, PraNet's Kvasir-SEG + CVC-ClinicDB): each root is listed,
+split and confined on its own; training and validation take their union, and each test set is scored and logged
+apart (`test/<name>/dice`).
+
+Scoring (`data.score_resolution`): `original`, PraNet's protocol, gives validation and test samples their mask at
+the image's own size too (`full_mask`), and the module scores the prediction upsampled to it; `input` scores at
+the training size.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
 
+from vigil.core.augmentation import augmentation_pipeline
 from vigil.core.data import TaskDataModule
 from vigil.core.errors import ConfigError, DataError
 from vigil.core.files import (
     IMAGE_SUFFIXES,
+    IMAGENET,
     SPLITS,
+    Normalization,
     OnError,
     RecordPolicy,
     check_split_fractions,
@@ -36,18 +50,39 @@ from vigil.core.files import (
 from vigil.core.guardrails import AuditReport
 from vigil.tasks.segmentation.health import audit_splits
 from vigil.tasks.segmentation.masking import SegmentationMasking
-from vigil.tasks.segmentation.records import MaskEncoding, MaskFacts, MaskSpec, SegmentationBatch, SegmentationRecord
+from vigil.tasks.segmentation.model import encoder_normalization
+from vigil.tasks.segmentation.records import (
+    MaskEncoding,
+    MaskFacts,
+    MaskSpec,
+    SegmentationBatch,
+    SegmentationContext,
+    SegmentationRecord,
+)
 from vigil.tasks.segmentation.synthetic import SyntheticSegmentation
+
+ScoreResolution = Literal["original", "input"]
 
 
 class SegmentationDataset(Dataset):
-    """Reads, resizes and normalises the records of one split."""
+    """Reads, resizes, augments and normalises the records of one split; `full_masks` also keeps each mask at its
+    own size."""
 
-    def __init__(self, records: list[SegmentationRecord], spec: MaskSpec, size: tuple[int, int], augment: bool):
+    def __init__(
+        self,
+        records: list[SegmentationRecord],
+        spec: MaskSpec,
+        size: tuple[int, int],
+        augment: v2.Compose | None = None,
+        full_masks: bool = False,
+        normalization: Normalization = IMAGENET,
+    ) -> None:
         self.records = records
         self.spec = spec
         self.size = size
         self.augment = augment
+        self.full_masks = full_masks
+        self.normalization = normalization
 
     def __len__(self) -> int:
         return len(self.records)
@@ -55,30 +90,42 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
         height, width = self.size
-        image = open_image(record.image_path).resize((width, height), Image.BILINEAR)
+        original = open_image(record.image_path)
+        image = original.resize((width, height), Image.BILINEAR)
         pixels = torch.from_numpy(np.asarray(image, np.float32) / 255.0).permute(2, 0, 1)
         if record.annotated:
             labels = self.spec.decode(np.asarray(open_image(record.mask_path, "L")))
             resized = Image.fromarray(labels.astype(np.uint8)).resize((width, height), Image.NEAREST)
             mask = torch.from_numpy(np.asarray(resized, np.int64).copy())
+            full_mask = torch.from_numpy(labels)
         else:
             mask = torch.zeros(height, width, dtype=torch.long)
-        if self.augment:
-            pixels, mask = random_flips(pixels, mask)
-        return {
-            "image": normalize(pixels),
+            full_mask = torch.zeros(original.height, original.width, dtype=torch.long)
+        if self.augment is not None:
+            pixels, mask = augmented(self.augment, pixels, mask, self.spec.ignore_index)
+        sample = {
+            "image": normalize(pixels, self.normalization),
             "mask": mask,
             "annotated": record.annotated,
             "name": record.name,
         }
+        if self.full_masks:
+            sample["full_mask"] = full_mask
+        return sample
 
 
-def random_flips(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flip image and mask together, horizontally and vertically, each with probability 1/2."""
-    for dim in (-1, -2):
-        if torch.rand(()) < 0.5:
-            image, mask = image.flip(dim), mask.flip(dim)
-    return image, mask
+def augmented(
+    augment: v2.Compose, pixels: torch.Tensor, mask: torch.Tensor, ignore_index: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image and mask through the same draw of the transforms; pixels a geometric transform brings in are
+    background, or ignored when the data has an ignore index."""
+    if ignore_index is None:
+        image, moved = augment(tv_tensors.Image(pixels), tv_tensors.Mask(mask))
+    else:
+        # A mask of ones moved with them tells what the transform filled in.
+        image, moved, kept = augment(tv_tensors.Image(pixels), tv_tensors.Mask(mask), tv_tensors.Mask(mask * 0 + 1))
+        moved = torch.where(kept.bool(), moved, ignore_index)
+    return image.as_subclass(torch.Tensor), moved.as_subclass(torch.Tensor)
 
 
 def collate_segmentation(samples: list[dict[str, Any]]) -> SegmentationBatch:
@@ -88,6 +135,7 @@ def collate_segmentation(samples: list[dict[str, Any]]) -> SegmentationBatch:
         mask=torch.stack([s["mask"] for s in samples]),
         annotated=torch.tensor([s["annotated"] for s in samples], dtype=torch.bool),
         name=[s["name"] for s in samples],
+        full_mask=[s["full_mask"] for s in samples] if "full_mask" in samples[0] else None,
     )
 
 
@@ -99,7 +147,7 @@ class SegmentationDataModule(TaskDataModule):
 
     def __init__(
         self,
-        root: str,
+        root: str | None,
         num_classes: int = 1,
         mask_encoding: MaskEncoding = "threshold",
         mask_threshold: int = 127,
@@ -114,13 +162,28 @@ class SegmentationDataModule(TaskDataModule):
         batch_size: int = 8,
         num_workers: int = 0,
         pin_memory: bool = False,
-        augment: bool = True,
+        augment: list[Any] | None = None,
         on_error: OnError = "raise",
         class_names: list[str] | None = None,
         synthetic: dict[str, Any] | None = None,
         seed: int = 0,
+        score_resolution: ScoreResolution = "original",
+        roots: dict[str, str] | None = None,
+        encoder: str | None = None,
+        encoder_weights: str | None = None,
     ) -> None:
-        super().__init__(root, batch_size, num_workers, pin_memory, synthetic, seed)
+        if roots is not None and not roots:
+            raise ConfigError("data.roots is empty: name at least one data set, e.g. {kvasir: /data/Kvasir-SEG}")
+        if root is None and roots is None:
+            raise ConfigError("no data: give data.root, or data.roots={name: folder, ...} for several data sets")
+        super().__init__(root if roots is None else next(iter(roots.values())), batch_size, num_workers, pin_memory,
+                         synthetic, seed)  # fmt: skip
+        self.roots = {name: Path(folder) for name, folder in roots.items()} if roots is not None else None
+        self.encoder, self.encoder_weights = encoder, encoder_weights
+        self.normalization = IMAGENET
+        if score_resolution not in ("original", "input"):
+            raise ConfigError(f"data.score_resolution={score_resolution!r}: use original (PraNet's) or input")
+        self.score_resolution = score_resolution
         if mask_encoding == "threshold" and num_classes != 1:
             raise ConfigError("data.mask_encoding=threshold masks are binary: use data.num_classes=1")
         self.spec = MaskSpec(num_classes, mask_encoding, mask_threshold, ignore_index)
@@ -129,23 +192,27 @@ class SegmentationDataModule(TaskDataModule):
         self.split_file = split_file
         self.split_fractions = check_split_fractions(split_fractions)
         self.split_seed = split_seed
-        self.augment = augment
+        self.augment = augmentation_pipeline(augment)
         self.on_error = on_error
         self.class_names = list(class_names) if class_names else default_class_names(num_classes)
         self.splits: dict[str, list[SegmentationRecord]] = {}
         self.facts: dict[str, list[MaskFacts]] = {}
         self.listing_warnings: list[str] = []
         self.skipped: dict[str, RecordPolicy] = {}
+        self.test_sources: dict[str, list[SegmentationRecord]] = {}
 
     def read(self) -> None:
-        """List, split and validate the records; a bad record is raised or skipped and counted by policy."""
-        records, self.listing_warnings = list_records(
-            self.data_root, self.image_dir, self.mask_dir, self.unannotated_file
-        )
-        if self.split_file:
-            listed = read_split_file(self.data_root, self.split_file, records)
-        else:
-            listed = seeded_split(records, self.split_fractions, self.split_seed, key=lambda r: r.name)
+        """List, split and validate the records of every source; a bad record is raised or skipped and counted by
+        policy. Training and validation take the union of the sources; each source's test set stays apart."""
+        if self.encoder is not None:
+            self.normalization = encoder_normalization(self.encoder, self.encoder_weights)
+        self.test_sources = {}
+        listed: dict[str, list[SegmentationRecord]] = {split: [] for split in SPLITS}
+        for name, root in self.sources().items():
+            for split, records in self.split_records(root, name).items():
+                listed[split] += records
+                if split == "test" and name is not None:
+                    self.test_sources[name] = records
         for split, split_records in listed.items():
             policy = RecordPolicy(self.on_error)
             kept, facts = [], []
@@ -156,6 +223,40 @@ class SegmentationDataModule(TaskDataModule):
                 except DataError as error:
                     policy.reject(error)
             self.splits[split], self.facts[split], self.skipped[split] = kept, facts, policy
+        kept_names = {record.name for record in self.splits["test"]}
+        self.test_sources = {
+            name: [record for record in records if record.name in kept_names]
+            for name, records in self.test_sources.items()
+        }
+
+    def sources(self) -> dict[str | None, Path]:
+        """The folders read, by name: `data.roots`, or the one unnamed root."""
+        if self.roots is None:
+            return {None: self.data_root}
+        return dict(self.roots)
+
+    def split_records(self, root: Path, source: str | None) -> dict[str, list[SegmentationRecord]]:
+        """The records of one root, split by its own split file or by seed; named `<source>/<name>` when the run
+        reads several."""
+        records, warnings = list_records(root, self.image_dir, self.mask_dir, self.unannotated_file)
+        self.listing_warnings += warnings
+        if source is not None:
+            records = [dataclasses.replace(record, name=f"{source}/{record.name}") for record in records]
+        if self.split_file:
+            return read_split_file(root, self.split_file, records)
+        return seeded_split(records, self.split_fractions, self.split_seed, key=lambda r: r.name)
+
+    def context(self) -> SegmentationContext:
+        """The names of the test sets, one per test loader, when the run reads several data sets; the normalisation."""
+        self.setup()
+        return SegmentationContext(list(self.test_sources) if len(self.test_sources) > 1 else [], self.normalization)
+
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The test loader, or one per source when there are several (scored and logged apart)."""
+        self.setup()
+        if len(self.test_sources) < 2:
+            return self.loader("test")
+        return [self.loader_of("test", self.evaluation_dataset(records)) for records in self.test_sources.values()]
 
     def audit(self, masking: SegmentationMasking) -> AuditReport:
         """The segmentation audit of the prepared splits (see `health.audit_splits`)."""
@@ -165,9 +266,18 @@ class SegmentationDataModule(TaskDataModule):
         )
 
     def dataset(self, split: str) -> SegmentationDataset:
-        """The Dataset of one split; augmentation only for training."""
+        """The Dataset of one split; augmentation only for training, masks at their own size for scoring."""
         self.setup()
-        return SegmentationDataset(self.splits[split], self.spec, self.image_size, self.augment and split == "train")
+        if split != "train":
+            return self.evaluation_dataset(self.splits[split])
+        return SegmentationDataset(
+            self.splits[split], self.spec, self.image_size, self.augment, False, self.normalization
+        )
+
+    def evaluation_dataset(self, records: list[SegmentationRecord]) -> SegmentationDataset:
+        """Records as scored: not augmented, with their own-size masks unless scoring at the input size."""
+        full_masks = self.score_resolution == "original"
+        return SegmentationDataset(records, self.spec, self.image_size, None, full_masks, self.normalization)
 
     def collate(self, split: str) -> Callable[[list[dict[str, Any]]], SegmentationBatch]:
         """Every split stacks its samples the same way."""

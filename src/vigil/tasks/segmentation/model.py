@@ -8,6 +8,19 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
+from vigil.core.files import IMAGENET, Normalization, timm_normalization
+
+
+def encoder_normalization(encoder: str, weights: str | None) -> Normalization:
+    """The input statistics and range the encoder's pretrained weights expect: timm's config for `tu-` encoders
+    (offline), smp's pretrained settings for its own (fetched with the weights); ImageNet's for random weights."""
+    if weights is None:
+        return IMAGENET
+    if encoder.startswith("tu-"):
+        return timm_normalization(encoder.removeprefix("tu-"))
+    settings = smp.encoders.get_preprocessing_params(encoder, weights)
+    return Normalization(tuple(settings["mean"]), tuple(settings["std"]), tuple(settings["input_range"]))
+
 
 class SegmentationModel(nn.Module):
     """An smp model whose forward takes the batch's `image` field by name and returns logits (N, C, H, W)."""

@@ -6,16 +6,18 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
 
+from vigil.core.files import IMAGENET
 from vigil.core.module import TaskModule, TrainingLoss
 from vigil.core.pictures import publish_figure
 from vigil.tasks.segmentation.health import health_alerts, health_stats
 from vigil.tasks.segmentation.masking import SegmentationMasking
 from vigil.tasks.segmentation.metrics import SegmentationOverlap
 from vigil.tasks.segmentation.pictures import overlay_grid
-from vigil.tasks.segmentation.records import SegmentationBatch
+from vigil.tasks.segmentation.records import SegmentationBatch, SegmentationContext
 
 
 class SegmentationModule(TaskModule):
@@ -45,8 +47,23 @@ class SegmentationModule(TaskModule):
             {split: SegmentationOverlap(num_classes, ignore_index, threshold, class_names) for split in ("val", "test")}
         )
         self.picture_batch: SegmentationBatch | None = None
+        self.normalization = IMAGENET
         # Predicted and true foreground of annotated validation images, for the validation collapse check.
         self.val_foreground = nn.ModuleDict({"pred_mean": MeanMetric(), "target_mean": MeanMetric()})
+
+    def use_context(self, context: SegmentationContext) -> None:
+        """Score each test set on its own (`test/<source>/dice`) when the data has several; draw images with the
+        data's normalisation undone."""
+        self.normalization = context.normalization
+        if not context.test_sources:
+            return
+        self.test_splits = tuple(f"test/{source}" for source in context.test_sources)
+        template = self.metrics["test"]
+        for split in self.test_splits:
+            if split not in self.metrics:
+                self.metrics[split] = SegmentationOverlap(
+                    template.num_classes, template.ignore_index, template.threshold, template.class_names
+                ).to(self.device)
 
     def training_loss(self, batch: SegmentationBatch) -> TrainingLoss:
         """The loss on what the masking lets count; the logits go to the collapse monitor."""
@@ -61,14 +78,25 @@ class SegmentationModule(TaskModule):
     def evaluate(self, batch: SegmentationBatch, split: str, batch_idx: int) -> None:
         """Dice/IoU on the annotated samples; during validation also the collapse statistics and a picture batch."""
         logits = self.forward_batch(batch)
-        if batch.annotated.any():
-            self.metrics[split].update(logits[batch.annotated], batch.mask[batch.annotated])
+        self.score(split, logits, batch)
         if split != "val":
             return
         for name, value in health_stats(logits, batch.mask, batch.annotated, self.threshold).items():
             self.val_foreground[name].update(value, weight=int(batch.annotated.sum()))
         if self.picture_batch is None:
             self.picture_batch = batch
+
+    def score(self, split: str, logits: torch.Tensor, batch: SegmentationBatch) -> None:
+        """Dice/IoU of the annotated samples: at each image's own size when the batch carries `full_mask` (the
+        logits upsampled bilinearly to it, as PraNet's test script does), else at the input size."""
+        if batch.full_mask is None:
+            if batch.annotated.any():
+                self.metrics[split].update(logits[batch.annotated], batch.mask[batch.annotated])
+            return
+        for index in batch.annotated.nonzero().flatten().tolist():
+            truth = batch.full_mask[index]
+            upsampled = F.interpolate(logits[index : index + 1], size=truth.shape, mode="bilinear", align_corners=False)
+            self.metrics[split].update(upsampled, truth[None])
 
     def log_metrics(self, split: str) -> None:
         """Log and reset the split's Dice/IoU (and the validation foreground statistics, already judged)."""
@@ -95,7 +123,7 @@ class SegmentationModule(TaskModule):
             predicted = (torch.sigmoid(logits[:, 0]) > self.threshold).long()
         else:
             predicted = logits.argmax(1)
-        figure = overlay_grid(batch.image, batch.mask, predicted, batch.annotated, batch.name)
+        figure = overlay_grid(batch.image, batch.mask, predicted, batch.annotated, batch.name, self.normalization)
         publish_figure(self.trainer, figure, "val_predictions")
 
     def health_stats(self, outputs: dict[str, torch.Tensor], batch: SegmentationBatch) -> dict[str, float]:

@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from vigil.core.files import denormalize
+from vigil.core.files import IMAGENET, Normalization, denormalize
 
 
 def overlay_grid(
@@ -15,12 +15,13 @@ def overlay_grid(
     predictions: torch.Tensor,
     annotated: torch.Tensor,
     names: list[str],
+    normalization: Normalization = IMAGENET,
 ) -> plt.Figure:
     """A figure with one row per sample: the image, the ground truth overlay, the predicted overlay."""
     rows = images.shape[0]
     figure, axes = plt.subplots(rows, 3, figsize=(6, 2 * rows), squeeze=False)
     for row in range(rows):
-        picture = denormalize(images[row].cpu()).permute(1, 2, 0).numpy()
+        picture = denormalize(images[row].cpu(), normalization).permute(1, 2, 0).numpy()
         truth = "ground truth" if annotated[row] else "not annotated"
         panels = [(None, names[row]), (masks[row], truth), (predictions[row], "prediction")]
         for column, (labels, title) in enumerate(panels):

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from vigil.core.batch import Batch, meta, model_input, target
+from vigil.core.files import IMAGENET, Normalization
 
 MaskEncoding = Literal["threshold", "index"]
 
@@ -56,14 +57,27 @@ class MaskSpec:
         return raw.astype(np.int64)
 
 
+@dataclass(frozen=True)
+class SegmentationContext:
+    """What the module needs from the data: the names of its test sets when there are several (else empty), and
+    the input normalisation (to draw images back)."""
+
+    test_sources: list[str]
+    normalization: Normalization = IMAGENET
+
+
 @dataclass
 class SegmentationBatch(Batch):
-    """A batch: `image` goes to the model; `mask` and `annotated` to loss and metrics; `name` is bookkeeping."""
+    """A batch: `image` goes to the model; `mask` and `annotated` to loss and metrics; `name` is bookkeeping.
+
+    `full_mask`, in evaluation batches scored at the original resolution, is each mask at its image's own size.
+    """
 
     image: torch.Tensor = model_input()
     mask: torch.Tensor = target()
     annotated: torch.Tensor = target()
     name: list[str] = meta()
+    full_mask: list[torch.Tensor] | None = target(default=None)
 
     def __len__(self) -> int:
         return self.image.shape[0]
