@@ -48,6 +48,9 @@ Family = Literal["clip", "siglip"]
 # Text towers that pool the last position (SigLIP): trained on texts padded to their full length, so the data
 # must pad the same way for the pooled token to mean what it meant in training.
 LAST_TOKEN_POOLING = {"siglip"}
+# A tower's top-level modules in CLIP's and SigLIP's joint models: the encoder, then its projection (CLIP's).
+IMAGE_TOWER = ("vision_model", "visual_projection")
+TEXT_TOWER = ("text_model", "text_projection")
 
 
 @dataclass(frozen=True)
@@ -140,14 +143,10 @@ def pretrained_dual_encoder(
         )
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    towers = {"image": (lock_image, ("vision_model", "visual_projection")), "text": (lock_text, TEXT_TOWER)}
-    for tower, (locking, prefixes) in towers.items():
+    for locking, prefixes in ((lock_image, IMAGE_TOWER), (lock_text, TEXT_TOWER)):
         if locking is not None:
             lock_tower(tower_parameters(model, prefixes), block_pattern(prefixes[0]), Locking(**locking))
     return PretrainedDualEncoder(model)
-
-
-TEXT_TOWER = ("text_model", "text_projection")
 
 
 def tower_parameters(model: nn.Module, prefixes: tuple[str, ...]) -> list[tuple[str, nn.Parameter]]:
