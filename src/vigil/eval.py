@@ -20,8 +20,8 @@ from omegaconf import DictConfig
 from vigil.core.checkpoints import load_checkpoint
 from vigil.core.config import check_target_arguments
 from vigil.core.errors import ConfigError, exit_on_vigil_error
-from vigil.core.overrides import checks_command_line
 from vigil.core.loggers import finish, run_identity
+from vigil.core.overrides import checks_command_line
 from vigil.core.resume import new_run_id
 from vigil.core.run import (
     RunRecord,

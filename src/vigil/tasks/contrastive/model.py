@@ -126,5 +126,5 @@ def dual_encoder(
         text_encoder.pooler = None
     if gradient_checkpointing:
         image_encoder.set_grad_checkpointing(True)
-        text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        text_encoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return DualEncoder(image_encoder, text_encoder, embed_dim, text_pooling, logit_scale_init)

@@ -142,7 +142,7 @@ def pretrained_dual_encoder(
             "get_image_features/get_text_features: give a joint image-text checkpoint (CLIP, SigLIP)"
         )
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     for locking, prefixes in ((lock_image, IMAGE_TOWER), (lock_text, TEXT_TOWER)):
         if locking is not None:
             lock_tower(tower_parameters(model, prefixes), block_pattern(prefixes[0]), Locking(**locking))
