@@ -53,14 +53,25 @@ class SanityOverfitError(VigilError):
 
 
 def exit_on_vigil_error(main: Callable[..., Any]) -> Callable[..., Any]:
-    """Report a VigilError as one line on stderr and exit 1, instead of a traceback."""
+    """Report a VigilError as one line on stderr and exit 1, instead of a traceback; also one that Hydra's
+    `instantiate` wrapped (a factory's ConfigError reaches here as the cause of an InstantiationException)."""
 
     @functools.wraps(main)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return main(*args, **kwargs)
-        except VigilError as error:
-            print(f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        except Exception as error:
+            cause = vigil_cause(error)
+            if cause is None:
+                raise
+            print(f"{type(cause).__name__}: {cause}", file=sys.stderr, flush=True)
             sys.exit(1)
 
     return wrapper
+
+
+def vigil_cause(error: BaseException) -> VigilError | None:
+    """The VigilError that is `error` or that caused it, if any."""
+    while error is not None and not isinstance(error, VigilError):
+        error = error.__cause__
+    return error

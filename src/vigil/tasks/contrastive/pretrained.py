@@ -141,6 +141,9 @@ def pretrained_dual_encoder(
             f"model.name_or_path={name_or_path} loads as {type(model).__name__}, which has no "
             "get_image_features/get_text_features: give a joint image-text checkpoint (CLIP, SigLIP)"
         )
+    # FSDP refuses 0-d parameters, and CLIP's temperature is one: kept as a one-element vector instead.
+    if model.logit_scale.ndim == 0:
+        model.logit_scale = nn.Parameter(model.logit_scale.detach().reshape(1))
     if gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     for locking, prefixes in ((lock_image, IMAGE_TOWER), (lock_text, TEXT_TOWER)):
