@@ -89,7 +89,14 @@ def summary(catalog) -> dict[str, list[tuple[str, int, tuple[str, ...]]]]:
 
 
 def datamodule(root: Path, tmp_path: Path, **overrides) -> ContrastiveDataModule:
-    arguments = dict(root=str(root), cache_dir=str(tmp_path / "cache"), image_size=16, batch_size=4, vocab_size=200)
+    arguments = dict(
+        root=str(root),
+        cache_dir=str(tmp_path / "cache"),
+        image_size=16,
+        image_model="regnetx_002",
+        batch_size=4,
+        vocab_size=200,
+    )
     return ContrastiveDataModule(**(arguments | overrides))
 
 

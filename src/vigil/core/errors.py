@@ -5,9 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn
-
-from hydra.errors import InstantiationException
+from typing import Any
 
 
 class VigilError(Exception):
@@ -55,24 +53,25 @@ class SanityOverfitError(VigilError):
 
 
 def exit_on_vigil_error(main: Callable[..., Any]) -> Callable[..., Any]:
-    """Report a VigilError as one line on stderr and exit 1, instead of a traceback; also one raised by a
-    `_target_` that Hydra's `instantiate` called (it wraps it in an InstantiationException)."""
+    """Report a VigilError as one line on stderr and exit 1, instead of a traceback; also one that Hydra's
+    `instantiate` wrapped (a factory's ConfigError reaches here as the cause of an InstantiationException)."""
 
     @functools.wraps(main)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return main(*args, **kwargs)
-        except VigilError as error:
-            exit_with(error)
-        except InstantiationException as error:
-            if not isinstance(error.__cause__, VigilError):
+        except Exception as error:
+            cause = vigil_cause(error)
+            if cause is None:
                 raise
-            exit_with(error.__cause__)
+            print(f"{type(cause).__name__}: {cause}", file=sys.stderr, flush=True)
+            sys.exit(1)
 
     return wrapper
 
 
-def exit_with(error: VigilError) -> NoReturn:
-    """Print the error as one line on stderr and exit 1."""
-    print(f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
-    sys.exit(1)
+def vigil_cause(error: BaseException) -> VigilError | None:
+    """The VigilError that is `error` or that caused it, if any."""
+    while error is not None and not isinstance(error, VigilError):
+        error = error.__cause__
+    return error

@@ -18,6 +18,7 @@ FIRST_COMMANDS = (
     ("vigil-train -m loss=dice,bce masking=annotated_only,all_pixels", "a sweep: one run per combination"),
     ("vigil-train resume=true", "continue the latest run with the same overrides from its last.ckpt"),
     ("vigil-eval ckpt_path=outputs/runs/<run>/checkpoints/best.ckpt", "evaluate a checkpoint on val and test"),
+    ("vigil-eval task=contrastive model=clip", "no checkpoint: the zero-shot row of the model as it loads"),
     ("vigil-compare outputs/multiruns/<sweep>", "the final metrics of a sweep's runs as a table, and curves"),
 )
 # Not listed as groups: tasks get sections of their own, and Hydra's own groups are in --hydra-help.

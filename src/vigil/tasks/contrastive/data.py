@@ -10,6 +10,10 @@ An image's identity is its file name, in every format: all captions of one image
 of the records, and the integer `img_id` a batch carries is the image's rank among the sorted file names — never
 a record's position. Split values other than train/val/test are counted in the audit when listed in
 `data.extra_splits` (default `restval`) and are an error otherwise.
+
+Images are preprocessed as the model expects (`preprocessing.py`): a joint checkpoint (`data.checkpoint`, the
+model's) gives its processor's tokenizer and image preprocessing; otherwise the timm tower (`data.image_model`)
+gives size, statistics and interpolation, and the text tower (`data.tokenizer`) the tokenizer.
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from timm.data import create_transform
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
@@ -34,6 +37,13 @@ from vigil.core.sampling import EpochShuffle
 from vigil.core.tiny import ensure_wordpiece_tokenizer, load_tokenizer
 from vigil.tasks.contrastive.health import audit_splits
 from vigil.tasks.contrastive.masking import ContrastiveMasking
+from vigil.tasks.contrastive.preprocessing import (
+    ImagePreprocessing,
+    ProcessorTransform,
+    processor_preprocessing,
+    timm_preprocessing,
+)
+from vigil.tasks.contrastive.pretrained import checkpoint_processor
 from vigil.tasks.contrastive.records import Catalog, ContrastiveBatch, ContrastiveContext, ImageRecord, Listing
 from vigil.tasks.contrastive.sampler import CaptionBatchSampler, SamplerName
 from vigil.tasks.contrastive.synthetic import SyntheticCaptions
@@ -46,6 +56,7 @@ ANNOTATION_FILES = {
 }
 CSV_COLUMNS = ("raw", "split", "filename")
 Format = Literal["auto", "karpathy", "csv", "token"]
+Padding = Literal["longest", "max_length"]
 
 
 class CaptionDataset(Dataset):
@@ -72,19 +83,22 @@ class CaptionDataset(Dataset):
 class CaptionCollate:
     """Stacks images and tokenises the captions of a list of samples into a ContrastiveBatch."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, padding: Padding = "longest") -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.padding = padding
 
     def __call__(self, samples: list[dict[str, Any]]) -> ContrastiveBatch:
         captions = [caption for sample in samples for caption in sample["captions"]]
         tokens = self.tokenizer(
-            captions, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            captions, padding=self.padding, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
+        # A tokenizer without an attention mask (SigLIP's) was trained attending to every position.
+        attention_mask = tokens.get("attention_mask", torch.ones_like(tokens["input_ids"]))
         return ContrastiveBatch(
             image=torch.stack([sample["image"] for sample in samples]),
             input_ids=tokens["input_ids"],
-            attention_mask=tokens["attention_mask"],
+            attention_mask=attention_mask,
             img_id=torch.tensor([sample["img_id"] for sample in samples]),
             caption_img_id=torch.tensor([sample["img_id"] for sample in samples for _ in sample["captions"]]),
             filename=[sample["filename"] for sample in samples],
@@ -107,7 +121,10 @@ class ContrastiveDataModule(TaskDataModule):
         image_dir: str = "flickr30k-images",
         split_file: str | None = None,
         extra_splits: Sequence[str] = ("restval",),
-        image_size: int = 224,
+        image_size: int | None = None,
+        checkpoint: str | None = None,
+        tiny: dict[str, Any] | None = None,
+        image_model: str | None = None,
         batch_size: int = 64,
         sampler: SamplerName = "unique_images",
         k: int = 2,
@@ -115,6 +132,7 @@ class ContrastiveDataModule(TaskDataModule):
         pin_memory: bool = False,
         augment: bool = True,
         max_length: int = 64,
+        padding: Padding = "longest",
         tokenizer: str | None = None,
         vocab_size: int = 2000,
         on_error: OnError = "raise",
@@ -130,7 +148,13 @@ class ContrastiveDataModule(TaskDataModule):
         self.image_dir = image_dir
         self.split_file = split_file
         self.extra_splits = tuple(extra_splits)
+        if padding not in ("longest", "max_length"):
+            raise ConfigError(f"data.padding={padding} is not a padding; valid: longest, max_length")
         self.image_size = image_size
+        self.checkpoint = checkpoint
+        self.tiny = tiny
+        self.image_model = image_model
+        self.padding = padding
         self.sampler = sampler
         self.k = k
         self.augment = augment
@@ -140,18 +164,35 @@ class ContrastiveDataModule(TaskDataModule):
         self.on_error = on_error
         self.catalog: Catalog | None = None
         self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.preprocessing: ImagePreprocessing | None = None
+        self.evaluation_transform: Any = None
 
     def read(self) -> None:
-        """Read and check the annotations, and load the tokenizer (trained on the training captions when unnamed)."""
+        """Read and check the annotations; load the tokenizer and image preprocessing of the model."""
         path, detected = find_annotation_file(self.data_root, self.format, self.annotation_file)
         policy = RecordPolicy(self.on_error)
         listings = read_listings(path, detected, policy, self.data_root, self.split_file)
         self.catalog = build_catalog(path, listings, policy, self.data_root, self.image_dir, self.extra_splits)
+        if self.checkpoint is not None:
+            self.use_checkpoint(self.checkpoint)
+            return
+        if self.image_model is None:
+            raise ConfigError("data.image_model and data.checkpoint are both null: name the model's image tower")
+        self.preprocessing = timm_preprocessing(self.image_model, self.image_size)
+        self.evaluation_transform = self.preprocessing.transform(training=False)
         name = self.tokenizer_name
         if name is None:
             captions = [c for record in self.catalog.splits["train"] for c in record.captions]
             name = str(ensure_wordpiece_tokenizer(self.cache_dir, captions, self.vocab_size))
         self.tokenizer = load_tokenizer(name)
+
+    def use_checkpoint(self, checkpoint: str) -> None:
+        """Tokenizer and image preprocessing from a joint checkpoint's processor; its image processor itself
+        prepares the evaluation images."""
+        processor = checkpoint_processor(checkpoint, self.cache_dir, self.tiny)
+        self.tokenizer = processor.tokenizer
+        self.preprocessing = processor_preprocessing(processor.image_processor, self.image_size, checkpoint)
+        self.evaluation_transform = ProcessorTransform(processor.image_processor)
 
     def audit(self, masking: ContrastiveMasking) -> AuditReport:
         """The contrastive audit of the prepared splits (see `health.audit_splits`)."""
@@ -161,20 +202,18 @@ class ContrastiveDataModule(TaskDataModule):
     def context(self) -> ContrastiveContext:
         """The tokenizer, and the validation image files by id for the retrieval pictures."""
         self.setup()
-        return ContrastiveContext(self.tokenizer, {r.img_id: r.path for r in self.catalog.splits["val"]})
+        val_images = {r.img_id: r.path for r in self.catalog.splits["val"]}
+        return ContrastiveContext(self.tokenizer, val_images, self.padding, self.max_length)
 
     def dataset(self, split: str) -> CaptionDataset:
         """The Dataset of one split; augmentation only for training."""
-        training = self.augment and split == "train"
-        # No flips (captions say left and right) and crops that keep 90% or more of the image, as OpenCLIP does.
-        transform = create_transform(
-            self.image_size, is_training=training, scale=(0.9, 1.0), hflip=0.0, color_jitter=None, crop_pct=1.0
-        )
-        return CaptionDataset(self.catalog.splits[split], transform)
+        if self.augment and split == "train":
+            return CaptionDataset(self.catalog.splits[split], self.preprocessing.transform(training=True))
+        return CaptionDataset(self.catalog.splits[split], self.evaluation_transform)
 
     def collate(self, split: str) -> Callable[[list[dict[str, Any]]], ContrastiveBatch]:
         """Images stacked, captions tokenised (the same for every split)."""
-        return CaptionCollate(self.tokenizer, self.max_length)
+        return CaptionCollate(self.tokenizer, self.max_length, self.padding)
 
     def training_batches(self, dataset: CaptionDataset) -> dict[str, Any]:
         """The caption batch sampler over a shuffled order of the training images."""

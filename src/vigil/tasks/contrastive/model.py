@@ -56,6 +56,14 @@ class DualEncoder(nn.Module):
         self.image_projection = nn.Linear(image_width, embed_dim, bias=False)
         self.text_projection = nn.Linear(text_encoder.config.hidden_size, embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale_init)))
+        # What the pretrained joint model (pretrained.py) has and this one has not: a SigLIP bias, a text length.
+        self.logit_bias: nn.Parameter | None = None
+        self.fixed_text_length: int | None = None
+
+    @property
+    def text_embedding_rows(self) -> int:
+        """How many token ids the text tower embeds."""
+        return self.text_encoder.get_input_embeddings().num_embeddings
 
     def forward(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> DualEncoderOutput:
         return DualEncoderOutput(
@@ -91,6 +99,7 @@ def dual_encoder(
     embed_dim: int = 256,
     text_pooling: Pooling = "mean",
     logit_scale_init: float = LOGIT_SCALE_INIT,
+    gradient_checkpointing: bool = False,
 ) -> DualEncoder:
     """Build the dual encoder.
 
@@ -98,6 +107,7 @@ def dual_encoder(
     Text tower: `text_model`, any transformers checkpoint (hub name or folder, loaded with AutoModel; the data
     loads its tokenizer from the same name), or, when null, a small BERT (`text_layers` x `text_hidden_size`)
     initialised at random for the tokenizer the data trains on its captions (`vocab_size` tokens at most).
+    `gradient_checkpointing` recomputes both towers' activations in the backward pass (timm's and transformers').
     """
     image_encoder = timm.create_model(image_model, pretrained=pretrained, num_classes=0, **(image_model_kwargs or {}))
     if text_model is None:
@@ -114,4 +124,7 @@ def dual_encoder(
     # The pooled output (BERT's pooler) goes unused: dropping it keeps every parameter in the loss, as DDP requires.
     if getattr(text_encoder, "pooler", None) is not None:
         text_encoder.pooler = None
+    if gradient_checkpointing:
+        image_encoder.set_grad_checkpointing(True)
+        text_encoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return DualEncoder(image_encoder, text_encoder, embed_dim, text_pooling, logit_scale_init)

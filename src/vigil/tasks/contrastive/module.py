@@ -15,11 +15,12 @@ from vigil.core.files import open_image
 from vigil.core.module import TaskModule, TrainingLoss
 from vigil.core.pictures import publish_figure
 from vigil.tasks.contrastive.health import health_alerts, health_stats
-from vigil.tasks.contrastive.losses import gather_with_grad
+from vigil.tasks.contrastive.losses import ALL_ROWS, gather_with_grad, local_rows
 from vigil.tasks.contrastive.masking import ContrastiveMasking
 from vigil.tasks.contrastive.metrics import RetrievalRecall
 from vigil.tasks.contrastive.model import DualEncoder
 from vigil.tasks.contrastive.pictures import retrieval_grid
+from vigil.tasks.contrastive.pretrained import PretrainedDualEncoder
 from vigil.tasks.contrastive.records import ContrastiveBatch, ContrastiveContext
 
 
@@ -42,7 +43,12 @@ class Retrieved:
 
 
 class ContrastiveModule(TaskModule):
-    """Trains a dual encoder on the positives its masking strategy gives, over the batch of every rank."""
+    """Trains a dual encoder on the positives its masking strategy gives, over the batch of every rank.
+
+    `local_loss`: each rank computes only its own rows of the global logits (OpenCLIP's local_loss), with the
+    same loss and gradients. A pretrained SigLIP's `logit_bias` is the sigmoid loss's bias; with a loss that has
+    none it stays frozen (it would get no gradient).
+    """
 
     task_name = "contrastive"
     # A static method, so that the class attribute is the function itself (its keyword-only thresholds are
@@ -51,7 +57,7 @@ class ContrastiveModule(TaskModule):
 
     def __init__(
         self,
-        model: DualEncoder,
+        model: DualEncoder | PretrainedDualEncoder,
         loss: nn.Module,
         masking: ContrastiveMasking,
         optimizer: Callable[..., torch.optim.Optimizer],
@@ -60,8 +66,15 @@ class ContrastiveModule(TaskModule):
         chunk_size: int = 1024,
         pictures: int = 4,
         top_k: int = 5,
+        local_loss: bool = False,
     ) -> None:
         super().__init__(model, loss, masking, optimizer, scheduler)
+        if model.logit_bias is not None:
+            if isinstance(getattr(loss, "logit_bias", None), nn.Parameter):
+                loss.logit_bias = model.logit_bias
+            else:
+                model.logit_bias.requires_grad_(False)
+        self.local_loss = local_loss
         self.pictures = pictures
         self.top_k = top_k
         self.metrics = nn.ModuleDict({split: RetrievalRecall(ks, chunk_size) for split in ("val", "test")})
@@ -71,13 +84,20 @@ class ContrastiveModule(TaskModule):
 
     def use_context(self, context: ContrastiveContext) -> None:
         """Keep the data's context; refuse a tokenizer with more tokens than the text tower has embeddings (an
-        index error mid-run otherwise)."""
+        index error mid-run otherwise), and captions padded otherwise than a last-token text tower was trained."""
         self.context = context
-        rows = self.model.text_encoder.get_input_embeddings().num_embeddings
+        rows = self.model.text_embedding_rows
         if len(context.tokenizer) > rows:
             raise ConfigError(
                 f"the tokenizer has {len(context.tokenizer)} tokens, the text tower embeds {rows}: "
                 "give data.tokenizer and model.text_model the same checkpoint, or raise model.vocab_size"
+            )
+        length = self.model.fixed_text_length
+        if length is not None and (context.padding, context.max_length) != ("max_length", length):
+            raise ConfigError(
+                f"the text tower pools the last of {length} positions, as it was trained; data pads to "
+                f"{context.padding} (max_length {context.max_length}): set data.padding=max_length "
+                f"data.max_length={length}"
             )
 
     def training_loss(self, batch: ContrastiveBatch) -> TrainingLoss:
@@ -86,7 +106,8 @@ class ContrastiveModule(TaskModule):
         image_embeds, text_embeds, image_ids, caption_ids = gather_with_grad(
             output.image_embeds, output.text_embeds, batch.img_id, batch.caption_img_id
         )
-        loss = self.loss(image_embeds, text_embeds, self.masking(image_ids, caption_ids), output.logit_scale)
+        rows = local_rows(len(output.image_embeds), len(output.text_embeds)) if self.local_loss else ALL_ROWS
+        loss = self.loss(image_embeds, text_embeds, self.masking(image_ids, caption_ids), output.logit_scale, rows)
         outputs = {
             "image_embeds": output.image_embeds.detach(),
             "text_embeds": output.text_embeds.detach(),

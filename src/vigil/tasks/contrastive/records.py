@@ -70,8 +70,10 @@ class ContrastiveBatch(Batch):
 
 @dataclass(frozen=True)
 class ContrastiveContext:
-    """What the module needs from the data: the tokenizer (to check the text tower's embedding rows) and the
-    validation image files by image id (to draw retrieved images)."""
+    """What the module needs from the data: the tokenizer and how captions are padded (to check them against
+    the text tower) and the validation image files by image id (to draw retrieved images)."""
 
     tokenizer: PreTrainedTokenizerBase
     val_images: Mapping[int, Path]
+    padding: str = "longest"
+    max_length: int = 64
