@@ -60,6 +60,8 @@ class MaskSpec:
 class SegmentationBatch(Batch):
     """A batch: `image` goes to the model; `mask` and `annotated` to loss and metrics; `name` is bookkeeping."""
 
+    image_fields = ("image",)
+
     image: torch.Tensor = model_input()
     mask: torch.Tensor = target()
     annotated: torch.Tensor = target()
