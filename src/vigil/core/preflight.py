@@ -65,8 +65,8 @@ class PreflightSettings:
     blind_steps: int = 6
     blind_batches: int = 1
     min_blind_loss_ratio: float = 1.1
-    # Two images are near-duplicates when their perceptual hashes differ in at most this many of 64 bits.
-    max_hash_distance: int = 4
+    # Two images are near-duplicates when their perceptual hashes differ in at most this many of 256 bits.
+    max_hash_distance: int = 10
     # The leakage check fails when more than this fraction of a split's images have a near-duplicate in another.
     max_leak_fraction: float = 0.01
     cache_dir: str = "outputs/cache"
@@ -133,18 +133,21 @@ def run_preflight(
     batches = first_training_batches(datamodule, max(settings.blind_batches, 1), trainer.strategy.root_device)
     batch = batches[0]
     module.use_context(datamodule.context())
-    with restored_afterwards(module, trainer.strategy.root_device):
+    with restoring(module, trainer.strategy.root_device) as restore:
         checks: dict[str, Callable[[], CheckResult]] = {
             "gradients": lambda: check_gradients(module, batch),
             "independence": lambda: check_independence(module, batch, settings.probe_samples),
             "init_loss": lambda: check_init_loss(module, batch, settings.init_loss_factor),
             "blind_baseline": lambda: check_blind_baseline(
-                module, batches, settings.blind_steps, settings.min_blind_loss_ratio
+                module, batches, settings.blind_steps, settings.min_blind_loss_ratio, restore
             ),
             "batch_picture": lambda: draw_batch(module, batch, trainer),
             "leakage": lambda: check_leakage(datamodule, settings),
         }
-        report.checks = [timed(checks[name]) for name in CHECKS if name in settings.checks]
+        for name in CHECKS:
+            if name in settings.checks:
+                report.checks.append(timed(checks[name]))
+                restore()
     report.seconds = time.perf_counter() - started
     publish_report(report, trainer)
     failures = report.failures()
@@ -181,32 +184,46 @@ def move_batch(batch: Batch, device: torch.device) -> Batch:
 
 
 @contextlib.contextmanager
-def restored_afterwards(module: TaskModule, device: torch.device) -> Iterator[None]:
-    """Run the checks on `device` and give the module back with its weights, buffers, mode, gradients and device
-    as before, and the global random state untouched."""
+def restoring(module: TaskModule, device: torch.device) -> Iterator[Callable[[], None]]:
+    """Run the checks on `device`; yield a function that puts the module's weights, buffers, mode and gradients
+    and the global random state back as they were (each check starts from the untrained model), and give the
+    module back on its own device at the end."""
     state, rng, training = copy.deepcopy(module.state_dict()), random_state(), module.training
     home = next(module.parameters()).device
-    module.to(device)
-    try:
-        yield
-    finally:
+
+    def restore() -> None:
         module.load_state_dict(state)
         module.zero_grad(set_to_none=True)
         module.train(training)
-        module.to(home)
         set_random_state(rng)
+
+    module.to(device)
+    try:
+        yield restore
+    finally:
+        restore()
+        module.to(home)
 
 
 def check_gradients(module: TaskModule, batch: Batch) -> CheckResult:
-    """After one backward pass of the training loss, every trainable parameter has a non-zero gradient, except
-    those the task declares unused (`TaskModule.unused_parameters`)."""
+    """Over two training steps on the first batch, every trainable parameter gets a non-zero gradient, except
+    those the task declares unused (`TaskModule.unused_parameters`).
+
+    Two steps, because zero-initialised residual branches (timm's last batch-norm gain of a block) pass no
+    gradient to the block's other layers until the first update has made the gain non-zero.
+    """
+    optimizer = configured_optimizer(module)
     module.train()
-    module.zero_grad(set_to_none=True)
-    module.training_loss(batch).loss.backward()
+    reached: set[str] = set()
+    for _ in range(2):
+        optimizer.zero_grad(set_to_none=True)
+        module.training_loss(batch).loss.backward()
+        reached |= {name for name, p in module.named_parameters() if p.grad is not None and bool(p.grad.any())}
+        optimizer.step()
     declared = module.unused_parameters()
     missing, excused = [], []
     for name, parameter in module.named_parameters():
-        if not parameter.requires_grad or (parameter.grad is not None and bool(parameter.grad.any())):
+        if not parameter.requires_grad or name in reached:
             continue
         (excused if any(fnmatch.fnmatch(name, pattern) for pattern in declared) else missing).append(name)
     module.zero_grad(set_to_none=True)
@@ -300,14 +317,15 @@ def check_init_loss(module: TaskModule, batch: Batch, factor: float) -> CheckRes
     return CheckResult("init_loss", "pass", loss, f"loss at initialisation {loss:.4g}, chance {chance:.4g}", details)
 
 
-def check_blind_baseline(module: TaskModule, batches: list[Batch], steps: int, min_ratio: float) -> CheckResult:
-    """Train `steps` steps from the initial weights on the real batches, then on the same batches with every
-    image input replaced by a constant; the blind run must end with a clearly higher loss."""
-    initial = copy.deepcopy(module.state_dict())
+def check_blind_baseline(
+    module: TaskModule, batches: list[Batch], steps: int, min_ratio: float, restore: Callable[[], None]
+) -> CheckResult:
+    """Train `steps` steps from the initial weights on the real batches, then (after `restore`, from the same
+    weights and random state) on the same batches with every image input replaced by a constant; the blind run
+    must end with a clearly higher loss."""
     real = short_training_loss(module, batches, steps)
-    module.load_state_dict(initial)
+    restore()
     blind = short_training_loss(module, [constant_images(batch) for batch in batches], steps)
-    module.load_state_dict(initial)
     ratio = blind / real if real > 0 else math.inf
     details = {"real_loss": real, "blind_loss": blind, "steps": steps, "batches": len(batches)}
     if ratio < min_ratio:
@@ -330,8 +348,7 @@ def short_training_loss(module: TaskModule, batches: list[Batch], steps: int) ->
     loss is measured in training mode, as training sees it: batch-norm statistics of constant images, still
     converging after so few steps, would otherwise dominate the blind run's loss.
     """
-    optimizers = module.configure_optimizers()
-    optimizer = optimizers["optimizer"] if isinstance(optimizers, dict) else optimizers
+    optimizer = configured_optimizer(module)
     module.train()
     for step in range(steps):
         optimizer.zero_grad(set_to_none=True)
@@ -340,6 +357,12 @@ def short_training_loss(module: TaskModule, batches: list[Batch], steps: int) ->
     module.zero_grad(set_to_none=True)
     with torch.no_grad():
         return sum(float(module.training_loss(batch).loss) for batch in batches) / len(batches)
+
+
+def configured_optimizer(module: TaskModule) -> torch.optim.Optimizer:
+    """A fresh optimizer as the run configures it, without its scheduler."""
+    optimizers = module.configure_optimizers()
+    return optimizers["optimizer"] if isinstance(optimizers, dict) else optimizers
 
 
 def constant_images(batch: Batch) -> Batch:

@@ -163,6 +163,11 @@ class ContrastiveDataModule(TaskDataModule):
         self.setup()
         return ContrastiveContext(self.tokenizer, {r.img_id: r.path for r in self.catalog.splits["val"]})
 
+    def image_files(self, split: str) -> list[Path]:
+        """The image files of `split`, for the preflight's leakage check."""
+        self.setup()
+        return [record.path for record in self.catalog.splits[split]]
+
     def dataset(self, split: str) -> CaptionDataset:
         """The Dataset of one split; augmentation only for training."""
         training = self.augment and split == "train"
