@@ -251,9 +251,15 @@ class VQADataModule(TaskDataModule):
         return audit_splits(self.catalog, self.encoder, masking, self.max_length)
 
     def context(self) -> VQAContext:
-        """The training split's majority answer of each question type and of each question text (baselines)."""
+        """The training split's majority answer of each question type and of each question text (baselines), and
+        the processor."""
         self.setup()
-        return VQAContext(dict(self.catalog.majority), dict(self.catalog.question_prior))
+        return VQAContext(dict(self.catalog.majority), dict(self.catalog.question_prior), self.encoder.processor)
+
+    def image_files(self, split: str) -> list[Path]:
+        """The image files of `split`, for the preflight's leakage check."""
+        self.setup()
+        return [record.path for record in self.catalog.splits[split]]
 
     def dataset(self, split: str) -> VQADataset:
         """The Dataset of one split; colour jitter only for training, when `augment` is set."""
