@@ -29,7 +29,7 @@ PLACES = {
     "contrastive": {"detach": "model.text_encoder", "mix": "model.image_projection", "scale": "model"},
     "cape": {"detach": "model.encoder", "mix": "model.encoder.backbone.conv1", "scale": "model.head"},
     "vqa": {
-        "detach": "model.model.model.multi_modal_projector",
+        "detach": "model.model.model.vision_tower",
         "mix": "model.model.model.multi_modal_projector",
         "scale": "model.model.lm_head",
     },

@@ -1,4 +1,8 @@
-"""The preflight: each check passes on every task's clean default and catches its injected bug (`preflight_bugs`)."""
+"""The preflight: each check passes on every task's clean default and catches its injected bug (`preflight_bugs`).
+
+Segmentation's cases run by default; the other tasks', the blind baselines and the command-line run are `slow`
+(seconds each: they build a task and train it a few steps).
+"""
 
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from vigil.core.errors import PreflightError
 from vigil.core.leakage import nearest_distances
 from vigil.core.module import TaskModule
 from vigil.core.randomness import random_state
-from vigil.core.run import build_module
+from vigil.core.run import build_module, preflight_settings
 from vigil.train import CONF_DIR
 
 TASKS = {
@@ -67,6 +71,10 @@ def build(task: str, cache: Path, *overrides: str) -> Built:
     return Built(task, datamodule, module, trainer, settings)
 
 
+# Segmentation by default; every other task under `make test-all`.
+EVERY_TASK = [task if task == "segmentation" else pytest.param(task, marks=pytest.mark.slow) for task in TASKS]
+
+
 @pytest.fixture(params=list(TASKS))
 def clean(request, synthetic_cache: Path) -> Built:
     return build(request.param, synthetic_cache)
@@ -81,6 +89,7 @@ def broken(task: str, bug: str, cache: Path) -> Built:
     return built
 
 
+@pytest.mark.slow
 def test_clean_default_of_every_task_passes_the_checks_that_judge_it(clean: Built):
     report = preflight.run_preflight(clean.module, clean.datamodule, clean.settings, clean.trainer)
     verdicts = {check.name: check.verdict for check in report.checks}
@@ -93,7 +102,7 @@ def test_clean_default_of_every_task_passes_the_checks_that_judge_it(clean: Buil
     assert (Path(clean.trainer.default_root_dir) / "pictures" / "preflight_batch.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("task", list(TASKS))
+@pytest.mark.parametrize("task", EVERY_TASK)
 def test_gradient_check_names_the_parameters_of_a_detached_tower(task: str, synthetic_cache: Path):
     built = broken(task, "detach_tower", synthetic_cache)
     result = preflight.check_gradients(built.module, built.batch())
@@ -103,7 +112,7 @@ def test_gradient_check_names_the_parameters_of_a_detached_tower(task: str, synt
     assert set(result.details["without_gradient"]) == expected
 
 
-@pytest.mark.parametrize("task", list(TASKS))
+@pytest.mark.parametrize("task", EVERY_TASK)
 def test_independence_check_fails_on_a_transpose_that_mixes_the_batch(task: str, synthetic_cache: Path):
     built = broken(task, "mix_batch", synthetic_cache)
     result = preflight.check_independence(built.module, built.batch(), probe_samples=4)
@@ -146,7 +155,7 @@ def test_independence_check_is_exact_on_a_per_sample_network():
     assert coupled.verdict == "fail" and coupled.details["coupled"] == {"output<-image": pytest.approx(0.0, abs=1e-2)}
 
 
-@pytest.mark.parametrize("task", list(TASKS))
+@pytest.mark.parametrize("task", EVERY_TASK)
 def test_init_loss_check_warns_when_the_output_starts_far_from_chance(task: str, synthetic_cache: Path):
     built = broken(task, "scale_initial_output", synthetic_cache)
     result = preflight.check_init_loss(built.module, built.batch(), factor=2.0)
@@ -154,6 +163,7 @@ def test_init_loss_check_warns_when_the_output_starts_far_from_chance(task: str,
     assert result.details["ratio"] > 2.0
 
 
+@pytest.mark.slow
 def test_chance_values_are_the_closed_forms(synthetic_cache: Path):
     """BCE at the foreground rate; ln(batch) for InfoNCE with one positive per caption; ln(vocabulary)."""
     segmentation = build("segmentation", synthetic_cache, "loss=bce")
@@ -174,6 +184,7 @@ def test_chance_values_are_the_closed_forms(synthetic_cache: Path):
     assert float(F.cross_entropy(logits[0], torch.tensor([0, 1]))) == pytest.approx(math.log(vocabulary))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["segmentation", "contrastive", "cape"])
 def test_blind_baseline_warns_when_images_reach_the_model_blank(task: str, synthetic_cache: Path):
     clean = build(task, synthetic_cache)
@@ -193,7 +204,7 @@ def test_blind_baseline_warns_when_images_reach_the_model_blank(task: str, synth
     assert blind.verdict == "warn" and blind.value == pytest.approx(1.0, abs=0.02), blind.message
 
 
-@pytest.mark.parametrize("task", list(TASKS))
+@pytest.mark.parametrize("task", EVERY_TASK)
 def test_leakage_check_fails_on_test_images_copied_into_train(task: str, tmp_path: Path):
     built = broken(task, "copy_test_images_into_train", tmp_path / "cache")
     result = preflight.check_leakage(built.datamodule, built.settings)
@@ -219,6 +230,7 @@ def test_a_failed_check_stops_the_run_after_writing_the_report(synthetic_cache: 
     assert written["checks"][0]["verdict"] == "fail"
 
 
+@pytest.mark.slow
 def test_preflight_leaves_weights_buffers_mode_and_random_state_as_it_found_them(synthetic_cache: Path):
     built = build("segmentation", synthetic_cache)
     before = {name: value.clone() for name, value in built.module.state_dict().items()}
@@ -230,3 +242,32 @@ def test_preflight_leaves_weights_buffers_mode_and_random_state_as_it_found_them
     assert all(torch.equal(before[name], after[name]) for name in before)
     assert built.module.training and all(p.grad is None for p in built.module.parameters())
     assert torch.equal(random_state()["torch"], generators["torch"])
+
+
+def compose_train(*overrides: str):
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def test_preflight_false_and_enabled_false_skip_it_and_the_default_runs_it(monkeypatch):
+    monkeypatch.delenv("VIGIL_PREFLIGHT", raising=False)
+    assert preflight_settings(compose_train("preflight=false")) is None
+    assert preflight_settings(compose_train("preflight.enabled=false")) is None
+    assert preflight_settings(compose_train("debug=fast")) is None
+    settings = preflight_settings(compose_train())
+    assert settings is not None and not settings.only and settings.checks == list(preflight.CHECKS)
+    assert preflight_settings(compose_train("debug=preflight")).only
+
+
+@pytest.mark.slow
+def test_debug_preflight_runs_the_checks_alone_and_logs_them(cli, tmp_path: Path):
+    run = tmp_path / "run"
+    result = cli("train", "debug=preflight", "logger=csv", f"hydra.run.dir={run}", *TINY)
+    assert result.returncode == 0, result.output
+    assert "preflight (" in result.output and "PASS gradients" in result.output
+    report = read_json(run / "preflight.json")
+    assert {check["name"] for check in report["checks"]} == set(preflight.CHECKS)
+    assert (run / "pictures" / "preflight_batch.png").is_file()
+    assert not (run / "checkpoints").exists() and not (run / "metrics.json").exists()
+    logged = (run / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"preflight/blind_loss_ratio", "preflight/leak_fraction", "preflight/no_gradient"} <= set(logged)
