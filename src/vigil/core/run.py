@@ -133,7 +133,8 @@ def fit_and_score(
     preflight = preflight_settings(cfg)
     failed = True
     try:
-        if preflight is not None:
+        # A resumed run was checked when it started: the checks would only add to its restart time.
+        if preflight is not None and (resume is None or preflight.only):
             checked = run_preflight(module, datamodule, preflight, trainer)
             if preflight.only:
                 failed = False
