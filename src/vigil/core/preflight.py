@@ -130,10 +130,10 @@ def run_preflight(
     PreflightError when a check failed (unless `fail_on_error` is false)."""
     started = time.perf_counter()
     report = PreflightReport()
-    batches = first_training_batches(datamodule, max(settings.blind_batches, 1), trainer.strategy.root_device)
-    batch = batches[0]
     module.use_context(datamodule.context())
     with restoring(module, trainer.strategy.root_device) as restore:
+        batches = first_training_batches(datamodule, max(settings.blind_batches, 1), trainer.strategy.root_device)
+        batch = batches[0]
         checks: dict[str, Callable[[], CheckResult]] = {
             "gradients": lambda: check_gradients(module, batch),
             "independence": lambda: check_independence(module, batch, settings.probe_samples),
