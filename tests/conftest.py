@@ -57,6 +57,8 @@ def cli(tmp_path: Path, synthetic_cache: Path):
         env.update(
             VIGIL_ROOT=str(tmp_path), VIGIL_CACHE=str(synthetic_cache), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1"
         )
+        # The preflight is off in the suite's runs (seconds each, ~100 runs); its own tests switch it on.
+        env["VIGIL_PREFLIGHT"] = "false"
         # Test-only callbacks (killing.KillAtStep) are importable by the runs.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
         command = [sys.executable, "-m", f"vigil.{entry}", *args]

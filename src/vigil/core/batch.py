@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-from typing import Any, Literal, Self
+from typing import Any, ClassVar, Literal, Self
 
 from torch import nn
 
@@ -37,8 +37,11 @@ class Batch:
     """Base of the task batches: a dataclass whose every field is declared input, target or meta.
 
     `model_inputs()` is the one way a module gets what its model is called with, so the call site and the
-    signature check read the same declaration.
+    signature check read the same declaration. `image_fields` names the input fields that hold pixels: the
+    preflight blanks them for its blind baseline and differentiates through them for sample independence.
     """
+
+    image_fields: ClassVar[tuple[str, ...]] = ()
 
     def model_inputs(self) -> dict[str, Any]:
         """The input fields of this batch by name: exactly the model's keyword arguments."""

@@ -2,8 +2,8 @@
 one loader rule for every split, and the audit hook.
 
 A task fills in four things: `read()` (parse its on-disk format), `dataset(split)`, `collate(split)` and
-`audit(masking)`; optionally `training_batches(dataset)` for its own sampler and `context()` for what its
-LightningModule needs from the data.
+`audit(masking)`; optionally `training_batches(dataset)` for its own sampler, `context()` for what its
+LightningModule needs from the data and `image_files(split)` for the preflight's leakage check.
 """
 
 from __future__ import annotations
@@ -110,6 +110,10 @@ class TaskDataModule(pl.LightningDataModule, ABC):
     def context(self) -> Any:
         """What the task's LightningModule needs from the data (tokenizer, names, baselines); None by default."""
         return None
+
+    def image_files(self, split: str) -> list[Path]:
+        """The image files of `split`, for the preflight's check of duplicates across splits; none by default."""
+        return []
 
     def training_batches(self, dataset: Dataset) -> dict[str, Any]:
         """How training batches are drawn: shuffled afresh each epoch from `(seed, epoch)`, and a short last batch

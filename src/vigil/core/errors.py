@@ -40,6 +40,10 @@ class AuditError(VigilError):
     """The audit found facts about the data that make training meaningless."""
 
 
+class PreflightError(VigilError):
+    """A preflight check failed: the run would train, but on a bug (no gradient, coupled samples, leakage)."""
+
+
 class NonFiniteLossError(VigilError):
     """The training loss became NaN or infinite."""
 

@@ -3,8 +3,8 @@
 The template owns what must be the same in every task: the model called with the batch's declared inputs, the
 finite-loss check, `train/loss` logged under one DDP sync policy, one evaluation hook for val and test, metrics
 logged once per split, pictures drawn on rank zero outside the sanity check, and the optimizer wiring. A task
-fills in `training_loss`, `evaluate` and `log_metrics`, and optionally `use_context`, `draw_pictures` and the
-health hooks read by `vigil.core.guardrails.HealthMonitor`.
+fills in `training_loss`, `evaluate` and `log_metrics`, and optionally `use_context`, `draw_pictures`, the
+health hooks read by `vigil.core.guardrails.HealthMonitor` and the preflight hooks read by `vigil.core.preflight`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pytorch_lightning as pl
 import torch
@@ -21,6 +21,9 @@ from torch import nn
 from vigil.core.batch import Batch
 from vigil.core.data import TaskDataModule
 from vigil.core.guardrails import check_finite_loss
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass
@@ -141,6 +144,25 @@ class TaskModule(pl.LightningModule):
         called with its thresholds (a task whose rule needs more than the thresholds overrides this)."""
         rule = type(self).alert_rule
         return rule(stats, **thresholds) if rule is not None else {}
+
+    def preflight_outputs(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Per-sample outputs (first dimension: the samples) that the preflight's independence check
+        differentiates against the other samples' images; the model's output by default."""
+        return {"output": self.forward_batch(batch)}
+
+    def chance_loss(self, batch: Batch) -> float | None:
+        """The task's loss of an uninformed prediction on `batch`, which the loss at initialisation should be near;
+        None when the task declares none."""
+        return None
+
+    def preflight_figure(self, batch: Batch) -> Figure | None:
+        """The first training batch as the model gets it, with its targets; None when the task draws none."""
+        return None
+
+    def unused_parameters(self) -> dict[str, str]:
+        """Name patterns (fnmatch) of trainable parameters the training loss legitimately leaves without gradient,
+        each with why; the preflight's gradient check excuses them and names every other one."""
+        return {}
 
     def parameter_groups(self) -> Any:
         """What the optimizer trains: every parameter; a task overrides this for per-group settings."""

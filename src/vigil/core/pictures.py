@@ -12,11 +12,12 @@ import pytorch_lightning as pl
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 
 
-def publish_figure(trainer: pl.Trainer, figure: plt.Figure, name: str) -> Path:
-    """Save `figure` as `pictures/<name>_epochNNN.png` in the run directory and log it; rank zero only."""
+def publish_figure(trainer: pl.Trainer, figure: plt.Figure, name: str, filename: str | None = None) -> Path:
+    """Save `figure` as `pictures/<filename>` (by default `<name>_epochNNN.png`) in the run directory and log it as
+    `pictures/<name>`; rank zero only."""
     folder = Path(trainer.default_root_dir) / "pictures"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}_epoch{trainer.current_epoch:03d}.png"
+    path = folder / (filename or f"{name}_epoch{trainer.current_epoch:03d}.png")
     figure.savefig(path, dpi=100, bbox_inches="tight")
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):

@@ -1,6 +1,7 @@
 """The run lifecycle shared by every task.
 
-compose -> validate -> seed -> prepare data -> audit -> fit (with monitors) -> test -> metrics.json -> close.
+compose -> validate -> seed -> prepare data -> audit -> preflight -> fit (with monitors) -> test -> metrics.json
+-> close.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from vigil.core.config import validate_config
 from vigil.core.errors import AuditError, VigilError
 from vigil.core.guardrails import AuditReport
 from vigil.core.loggers import RunIdentity, finish, open_identity_fields, run_identity
+from vigil.core.preflight import PreflightSettings, run_preflight
 from vigil.core.randomness import RandomState
 from vigil.core.resume import RUN_FILE, ResumePoint, find_resume_point, keep_earlier_csv_log, new_run_id
 from vigil.core.sweep import failure_reason, hand_job_overrides_to_ranks
@@ -77,6 +79,15 @@ def raise_on_audit_errors(report: AuditReport, fail_on_error: bool = True) -> No
     raise AuditError(f"{len(report.errors)} audit error(s): " + "; ".join(report.errors))
 
 
+def preflight_settings(cfg: DictConfig) -> PreflightSettings | None:
+    """The run's preflight settings, or None when `preflight=false` or `preflight.enabled=false`."""
+    node = cfg.get("preflight")
+    if not node:
+        return None
+    settings = instantiate(node)
+    return settings if settings.enabled else None
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one training job and return its final metrics (also written to `metrics.json`)."""
     validate(cfg)
@@ -104,7 +115,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def fit_and_score(
     cfg: DictConfig, record: RunRecord, identity: RunIdentity, resume: ResumePoint | None, output_dir: Path
 ) -> dict[str, float]:
-    """Data, audit, fit, the final validation and test, and `metrics.json`."""
+    """Data, audit, preflight, fit, the final validation and test, and `metrics.json`.
+
+    With `preflight.only` (`debug=preflight`) the run stops after the preflight and returns its numbers.
+    """
     datamodule = instantiate(cfg.data)
     module = build_module(cfg)
     report = run_audit(datamodule, module, cfg)
@@ -116,8 +130,15 @@ def fit_and_score(
         check_checkpoint_folder(Path(trainer.checkpoint_callback.dirpath), module)
     log_run_start(trainer, cfg, report)
     hand_job_overrides_to_ranks(output_dir)
+    preflight = preflight_settings(cfg)
     failed = True
     try:
+        # A resumed run was checked when it started: the checks would only add to its restart time.
+        if preflight is not None and (resume is None or preflight.only):
+            checked = run_preflight(module, datamodule, preflight, trainer)
+            if preflight.only:
+                failed = False
+                return checked.scalars()
         trusted_only = not cfg.trust_checkpoint
         with refusing_untrusted(resume.ckpt_path) if resume else contextlib.nullcontext():
             trainer.fit(

@@ -283,6 +283,11 @@ class CapeDataModule(TaskDataModule):
         members = self.files["train"].instances_by_category
         return TrainingEpisodes(members, self.shots, self.episodes_per_epoch, self.seed)
 
+    def image_files(self, split: str) -> list[Path]:
+        """The image files of `split`'s instances, for the preflight's leakage check."""
+        self.setup()
+        return [instance.path for instance in self.files[split].instances]
+
     def dataset(self, split: str) -> EpisodeDataset:
         """Training: augmented episodes; val and test: the fixed, seeded evaluation episodes, not augmented."""
         self.setup()

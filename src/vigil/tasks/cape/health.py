@@ -12,6 +12,7 @@ import torch
 from vigil.core.guardrails import AuditReport
 from vigil.tasks.cape.episodes import TrainingEpisodes
 from vigil.tasks.cape.masking import CapeMasking
+from vigil.tasks.cape.model import CapeOutput
 from vigil.tasks.cape.records import SplitFile
 
 AUDITED_EPISODES = 200
@@ -145,6 +146,15 @@ def judge_supervision(report: AuditReport, masking: CapeMasking) -> None:
             f"train: masking={name} trains {facts['unlabelled_supervised_per_episode']:.2f} unlabelled keypoints per "
             "episode at their stored coordinates (often 0,0) (use masking=visible unless this is the ablation)"
         )
+
+
+def chance_loss(
+    loss: torch.nn.Module, output: CapeOutput, target_keypoints: torch.Tensor, weight: torch.Tensor
+) -> float:
+    """The loss of a prediction that ignores the images: every keypoint at the crop centre, uniform heatmaps."""
+    centre = torch.full_like(output.keypoints, 0.5)
+    uninformed = CapeOutput(keypoints=centre, heatmaps=torch.zeros_like(output.heatmaps), initial_keypoints=centre)
+    return float(loss(uninformed, target_keypoints, weight))
 
 
 def health_stats(weight: torch.Tensor, keypoint_mask: torch.Tensor, keypoints: torch.Tensor) -> dict[str, float]:

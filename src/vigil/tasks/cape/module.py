@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from torch import nn
@@ -72,7 +73,7 @@ class CapeModule(TaskModule):
         self.metrics[split].update(predicted, truth, valid, bbox, category)
         self.baselines[split].update(to_original(support, batch.crop_to_original), truth, valid, bbox, category)
         if split == "val" and batch_idx == 0 and self.pictures:
-            self.picture_rows = picture_rows(batch, output, self.pictures, self.normalization)
+            self.picture_rows = picture_rows(batch, output.keypoints, valid, self.pictures, self.normalization)
 
     def log_metrics(self, split: str) -> None:
         """`pck`, `mpck`, `pck_query_mean`, `nme`, `auc`, `epe`, `samples`, `pck_support_baseline` and
@@ -99,6 +100,21 @@ class CapeModule(TaskModule):
         if self.picture_rows:
             publish_figure(self.trainer, episode_grid(self.picture_rows), "val_keypoints")
         self.picture_rows = []
+
+    def preflight_outputs(self, batch: CapeBatch) -> dict[str, torch.Tensor]:
+        """The predicted keypoints, one row per episode."""
+        return {"keypoints": self.forward_batch(batch).keypoints}
+
+    @torch.no_grad()
+    def chance_loss(self, batch: CapeBatch) -> float:
+        """The loss of keypoints at the crop centre with uniform heatmaps (see `health.chance_loss`)."""
+        weight = self.masking(batch.query_visibility, batch.support_visibility, batch.keypoint_mask)
+        return health.chance_loss(self.loss, self.forward_batch(batch), batch.query_keypoints, weight)
+
+    def preflight_figure(self, batch: CapeBatch) -> plt.Figure:
+        """The first training episodes as the model gets them (augmented crops), with the keypoints the loss counts."""
+        weight = self.masking(batch.query_visibility, batch.support_visibility, batch.keypoint_mask)
+        return episode_grid(picture_rows(batch, None, weight, self.pictures or 4, self.normalization))
 
     def health_stats(self, outputs: dict[str, torch.Tensor], batch: CapeBatch) -> dict[str, float]:
         """Supervised keypoints of the batch, their share, and the spread of the predictions."""
@@ -129,16 +145,20 @@ def metric_name(category: str) -> str:
 
 
 def picture_rows(
-    batch: CapeBatch, output: CapeOutput, count: int, normalization: Normalization = IMAGENET
+    batch: CapeBatch,
+    predicted: torch.Tensor | None,
+    scored: torch.Tensor,
+    count: int,
+    normalization: Normalization = IMAGENET,
 ) -> list[EpisodePicture]:
-    """The first `count` episodes of a batch, in crop pixels, for `episode_grid`."""
+    """The first `count` episodes of a batch with the `scored` keypoints and, when given, the predicted ones, in
+    crop pixels, for `episode_grid`."""
     size = batch.query_images.shape[-1]
 
     def pixels(points: torch.Tensor) -> np.ndarray:
         # Normalised coordinates put pixel edges at integers; matplotlib puts pixel centres there.
         return points.detach().float().cpu().numpy() * size - 0.5
 
-    scored = scored_keypoints(batch)
     rows = []
     for i in range(min(count, len(batch))):
         real = int(batch.keypoint_mask[i].sum())
@@ -150,8 +170,8 @@ def picture_rows(
                 support_labelled=batch.support_weights[i, 0, :real].cpu().numpy() > 0,
                 query_image=to_pixels(batch.query_images[i], normalization),
                 true_keypoints=pixels(batch.query_keypoints[i, :real]),
-                predicted_keypoints=pixels(output.keypoints[i, :real]),
-                scored=scored[i, :real].cpu().numpy(),
+                predicted_keypoints=None if predicted is None else pixels(predicted[i, :real]),
+                scored=scored[i, :real].cpu().numpy() > 0,
                 skeleton=batch.skeleton[i],
             )
         )

@@ -1,4 +1,5 @@
-"""The validation picture: per episode, the support with its keypoints, and the query with predicted and true ones.
+"""The pictures: per episode, the support with its keypoints, and the query with true (and predicted) ones; the
+preflight's shows the training episodes as the model gets them, without predictions.
 
 Both in the crops the model saw; the skeleton joins the keypoints; a grey line joins each prediction to its truth.
 Only keypoints the metric scores (labelled in the query and the supports) are drawn on the query.
@@ -24,7 +25,7 @@ class EpisodePicture:
     support_labelled: np.ndarray
     query_image: np.ndarray
     true_keypoints: np.ndarray
-    predicted_keypoints: np.ndarray
+    predicted_keypoints: np.ndarray | None
     scored: np.ndarray
     skeleton: tuple[tuple[int, int], ...]
 
@@ -38,18 +39,26 @@ def episode_grid(rows: list[EpisodePicture]) -> plt.Figure:
         draw_keypoints(support, picture.support_keypoints, picture.support_labelled, picture.skeleton, SUPPORT)
         support.set_title(f"support: {picture.category}", fontsize=8)
         query.imshow(picture.query_image)
-        for (x0, y0), (x1, y1) in zip(
-            picture.true_keypoints[picture.scored], picture.predicted_keypoints[picture.scored], strict=True
-        ):
-            query.plot([x0, x1], [y0, y1], color="0.6", linewidth=0.8)
         draw_keypoints(query, picture.true_keypoints, picture.scored, picture.skeleton, TRUE)
-        draw_keypoints(query, picture.predicted_keypoints, picture.scored, picture.skeleton, PREDICTED)
-        query.set_title("query: true (green), predicted (red)", fontsize=8)
+        if picture.predicted_keypoints is None:
+            query.set_title("query: keypoints the loss counts", fontsize=8)
+        else:
+            draw_predictions(query, picture)
         for axis in (support, query):
             axis.set_xticks([])
             axis.set_yticks([])
     figure.tight_layout()
     return figure
+
+
+def draw_predictions(axis: plt.Axes, picture: EpisodePicture) -> None:
+    """The predicted keypoints, each joined to its truth by a grey line."""
+    for (x0, y0), (x1, y1) in zip(
+        picture.true_keypoints[picture.scored], picture.predicted_keypoints[picture.scored], strict=True
+    ):
+        axis.plot([x0, x1], [y0, y1], color="0.6", linewidth=0.8)
+    draw_keypoints(axis, picture.predicted_keypoints, picture.scored, picture.skeleton, PREDICTED)
+    axis.set_title("query: true (green), predicted (red)", fontsize=8)
 
 
 def draw_keypoints(

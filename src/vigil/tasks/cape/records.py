@@ -79,6 +79,8 @@ class CapeBatch(Batch):
     them are labelled, never the query's visibility: that is a target, with the query keypoints.
     """
 
+    image_fields = ("support_images", "query_images")
+
     support_images: torch.Tensor = model_input()  # B x S x 3 x H x W
     support_keypoints: torch.Tensor = model_input()  # B x S x K x 2
     support_weights: torch.Tensor = model_input()  # B x S x K, 1 where labelled and inside the crop

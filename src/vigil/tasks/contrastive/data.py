@@ -205,6 +205,11 @@ class ContrastiveDataModule(TaskDataModule):
         val_images = {r.img_id: r.path for r in self.catalog.splits["val"]}
         return ContrastiveContext(self.tokenizer, val_images, self.padding, self.max_length)
 
+    def image_files(self, split: str) -> list[Path]:
+        """The image files of `split`, for the preflight's leakage check."""
+        self.setup()
+        return [record.path for record in self.catalog.splits[split]]
+
     def dataset(self, split: str) -> CaptionDataset:
         """The Dataset of one split; augmentation only for training."""
         if self.augment and split == "train":

@@ -6,12 +6,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vigil.core.errors import ConfigError
-from vigil.core.files import open_image
+from vigil.core.files import denormalize, open_image
 from vigil.core.module import TaskModule, TrainingLoss
 from vigil.core.pictures import publish_figure
 from vigil.tasks.contrastive.health import health_alerts, health_stats
@@ -155,6 +157,35 @@ class ContrastiveModule(TaskModule):
         figure = retrieval_grid(self.retrieved.captions, images, self.retrieved.correct)
         publish_figure(self.trainer, figure, "val_retrieval")
 
+    def preflight_outputs(self, batch: ContrastiveBatch) -> dict[str, torch.Tensor]:
+        """The encoders' features, one row per sample (the loss couples samples by design, the features must not)."""
+        output = self.forward_batch(batch)
+        return {"image_embeds": output.image_embeds, "text_embeds": output.text_embeds}
+
+    @torch.no_grad()
+    def chance_loss(self, batch: ContrastiveBatch) -> float:
+        """The loss when every image and caption has the same embedding, at the model's temperature: ln(batch)
+        for InfoNCE with one positive per caption."""
+        output = self.forward_batch(batch)
+        same = F.normalize(torch.ones_like(output.image_embeds[:1]), dim=-1)
+        image_embeds, text_embeds = same.expand_as(output.image_embeds), same.expand_as(output.text_embeds)
+        positives = self.masking(batch.img_id, batch.caption_img_id)
+        return float(self.loss(image_embeds, text_embeds, positives, output.logit_scale))
+
+    def preflight_figure(self, batch: ContrastiveBatch) -> plt.Figure:
+        """The first captions of the training batch against its first distinct images as the model gets them,
+        framed green where the masking makes them the caption's positive."""
+        positives = self.masking(batch.img_id, batch.caption_img_id).cpu()
+        first = sorted({int(i): index for index, i in reversed(list(enumerate(batch.img_id.tolist())))}.values())
+        columns = first[: self.top_k]
+        images = [to_picture(batch.image[i]) for i in columns]
+        rows = range(min(self.pictures or 4, len(batch)))
+        return retrieval_grid(
+            [batch.caption[row] for row in rows],
+            [images for _ in rows],
+            [[bool(positives[column, row]) for column in columns] for row in rows],
+        )
+
     def health_stats(self, outputs: dict[str, torch.Tensor], batch: ContrastiveBatch) -> dict[str, float]:
         """Embedding spread, positive-negative gap, logit scale (and SigLIP's bias) and distinct images."""
         stats = health_stats(
@@ -175,6 +206,11 @@ class ContrastiveModule(TaskModule):
             {"params": [p for p in parameters if p.ndim >= 2]},
             {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0},
         ]
+
+
+def to_picture(image: torch.Tensor) -> np.ndarray:
+    """An ImageNet-normalised 3 x H x W tensor back to H x W x 3 in [0, 1]."""
+    return denormalize(image.detach().float().cpu()).permute(1, 2, 0).numpy()
 
 
 def first_captions(batch: ContrastiveBatch, text_embeds: torch.Tensor, count: int) -> PictureQueries:

@@ -1,4 +1,5 @@
-"""The validation picture: for a few captions, the top retrieved images, the correct ones framed in green."""
+"""The pictures: for a few captions, images framed green where they are the caption's positive and red where not
+(validation: the top retrieved images; preflight: the training batch's images)."""
 
 from __future__ import annotations
 

@@ -55,6 +55,8 @@ class ContrastiveBatch(Batch):
     its captions). Evaluation batches hold each image once and all of its captions; `caption_img_id` says whose.
     """
 
+    image_fields = ("image",)
+
     image: torch.Tensor = model_input()
     input_ids: torch.Tensor = model_input()
     attention_mask: torch.Tensor = model_input()

@@ -265,6 +265,11 @@ class SegmentationDataModule(TaskDataModule):
             self.facts, self.skipped, self.spec.encoding, masking, self.listing_warnings, self.data_root
         )
 
+    def image_files(self, split: str) -> list[Path]:
+        """The image files of `split`, for the preflight's leakage check."""
+        self.setup()
+        return [record.image_path for record in self.splits[split]]
+
     def dataset(self, split: str) -> SegmentationDataset:
         """The Dataset of one split; augmentation only for training, masks at their own size for scoring."""
         self.setup()

@@ -1,4 +1,5 @@
-"""Segmentation guardrails: the audit of masks before fit, and the collapse monitor during fit."""
+"""Segmentation guardrails: the audit of masks before fit, the preflight's chance loss, and the collapse monitor
+during fit."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 from vigil.core.files import RecordPolicy
 from vigil.core.guardrails import AuditReport
 from vigil.tasks.segmentation.masking import SegmentationMasking, trains_unannotated
-from vigil.tasks.segmentation.records import MaskFacts
+from vigil.tasks.segmentation.records import MaskFacts, SegmentationBatch
 
 EMPTY_WARNING_FRACTION = 0.5
 NON_BINARY_WARNING_FRACTION = 0.05
@@ -91,6 +92,25 @@ def judge_split(
             f"{split}: {summary['non_binary_fraction']:.1%} of mask pixels are neither near 0 nor 255; "
             "are these index masks? (data.mask_encoding=index)"
         )
+
+
+def chance_loss(
+    loss: torch.nn.Module, masking: SegmentationMasking, logits: torch.Tensor, batch: SegmentationBatch
+) -> float | None:
+    """The loss of a constant prediction at the batch's class frequencies (binary: the foreground rate), over
+    the pixels the masking counts: what a model that ignores the image scores. None when nothing counts."""
+    targets = masking(logits, batch)
+    if targets is None:
+        return None
+    classes = targets.logits.shape[1]
+    if classes == 1:
+        rate = (targets.mask == 1).float().mean().clamp(1e-4, 1 - 1e-4)
+        constant = torch.full_like(targets.logits, float(torch.logit(rate)))
+    else:
+        labels = targets.mask[(targets.mask >= 0) & (targets.mask < classes)]
+        frequency = torch.bincount(labels.flatten(), minlength=classes).float().clamp(min=1) / max(labels.numel(), 1)
+        constant = frequency.log().view(1, classes, 1, 1).expand_as(targets.logits).contiguous()
+    return float(loss(constant, targets.mask))
 
 
 def health_stats(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -13,7 +14,7 @@ from torchmetrics import MeanMetric
 from vigil.core.files import IMAGENET
 from vigil.core.module import TaskModule, TrainingLoss
 from vigil.core.pictures import publish_figure
-from vigil.tasks.segmentation.health import health_alerts, health_stats
+from vigil.tasks.segmentation.health import chance_loss, health_alerts, health_stats
 from vigil.tasks.segmentation.masking import SegmentationMasking
 from vigil.tasks.segmentation.metrics import SegmentationOverlap
 from vigil.tasks.segmentation.pictures import overlay_grid
@@ -125,6 +126,16 @@ class SegmentationModule(TaskModule):
             predicted = logits.argmax(1)
         figure = overlay_grid(batch.image, batch.mask, predicted, batch.annotated, batch.name, self.normalization)
         publish_figure(self.trainer, figure, "val_predictions")
+
+    @torch.no_grad()
+    def chance_loss(self, batch: SegmentationBatch) -> float | None:
+        """The loss of a constant prediction at the batch's foreground rate (see `health.chance_loss`)."""
+        return chance_loss(self.loss, self.masking, self.forward_batch(batch), batch)
+
+    def preflight_figure(self, batch: SegmentationBatch) -> plt.Figure:
+        """The first training images as the model gets them (augmented), with their masks."""
+        shown = batch.first(self.pictures or 6)
+        return overlay_grid(shown.image, shown.mask, None, shown.annotated, shown.name, self.normalization)
 
     def health_stats(self, outputs: dict[str, torch.Tensor], batch: SegmentationBatch) -> dict[str, float]:
         """Predicted vs true foreground fraction of this training batch."""

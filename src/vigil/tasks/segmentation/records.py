@@ -73,6 +73,8 @@ class SegmentationBatch(Batch):
     `full_mask`, in evaluation batches scored at the original resolution, is each mask at its image's own size.
     """
 
+    image_fields = ("image",)
+
     image: torch.Tensor = model_input()
     mask: torch.Tensor = target()
     annotated: torch.Tensor = target()

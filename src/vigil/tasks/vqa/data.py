@@ -261,9 +261,17 @@ class VQADataModule(TaskDataModule):
 
     def context(self) -> VQAContext:
         """The training split's majority answer of each question type and of each question text (baselines), and
-        how the prompt spells an answer."""
+        how the prompt spells an answer, and the processor."""
         self.setup()
-        return VQAContext(dict(self.catalog.majority), dict(self.catalog.question_prior), self.encoder.answer_format)
+        catalog = self.catalog
+        return VQAContext(
+            dict(catalog.majority), dict(catalog.question_prior), self.encoder.answer_format, self.encoder.processor
+        )
+
+    def image_files(self, split: str) -> list[Path]:
+        """The image files of `split`, for the preflight's leakage check."""
+        self.setup()
+        return [record.path for record in self.catalog.splits[split]]
 
     def dataset(self, split: str) -> VQADataset:
         """The Dataset of one split; colour jitter only for training, when `augment` is set."""

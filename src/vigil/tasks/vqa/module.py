@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -32,7 +34,7 @@ from vigil.tasks.vqa.health import health_alerts, health_stats
 from vigil.tasks.vqa.masking import VQAMasking, supervised_labels
 from vigil.tasks.vqa.metrics import PerTypeAccuracy
 from vigil.tasks.vqa.model import VisionLanguageModel
-from vigil.tasks.vqa.pictures import answer_grid
+from vigil.tasks.vqa.pictures import answer_grid, sequence_grid, token_segments, unnormalized
 from vigil.tasks.vqa.records import VQABatch, VQAContext
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,7 @@ class VQAModule(TaskModule):
         self.majority: dict[str, str] = {}
         self.question_prior: dict[str, str] = {}
         self.predictions: list[dict[str, Any]] = []
+        self.processor: Any = None
         self.picture_samples: list[dict[str, Any]] = []
         # With a frozen base (LoRA, frozen tower) checkpoints hold the trained parameters only; the base weights
         # are the model checkpoint's own files.
@@ -90,6 +93,7 @@ class VQAModule(TaskModule):
         self.majority = dict(context.majority_answers)
         self.question_prior = dict(context.question_prior)
         self.decoder.answer_format = context.answer_format
+        self.processor = context.processor
 
     def training_loss(self, batch: VQABatch) -> TrainingLoss:
         """Token cross-entropy of the labels the masking supervises."""
@@ -186,6 +190,28 @@ class VQAModule(TaskModule):
             [sample["correct"] for sample in samples],
         )
         publish_figure(self.trainer, figure, "val_answers")
+
+    @torch.no_grad()
+    def chance_loss(self, batch: VQABatch) -> float:
+        """ln(vocabulary): the token cross-entropy of uniform logits."""
+        return math.log(self.forward_batch(batch).shape[-1])
+
+    def preflight_figure(self, batch: VQABatch) -> plt.Figure | None:
+        """The first training sequences as the model gets them: the pixels with the processor's normalisation
+        undone, the text with the tokens the masking supervises highlighted."""
+        if self.processor is None:
+            return None
+        shown = batch.first(self.pictures or 4)
+        supervised = self.masking(shown.token_role)
+        sequences = [
+            token_segments(self.processor.tokenizer, shown.input_ids[i], shown.token_role[i], supervised[i])
+            for i in range(len(shown))
+        ]
+        pixels = shown.pixel_values
+        images = None
+        if pixels.ndim == 4 and pixels.shape[0] == len(shown):
+            images = [unnormalized(pixels[i], self.processor.image_processor) for i in range(len(shown))]
+        return sequence_grid(images, sequences)
 
     def health_stats(self, outputs: dict[str, torch.Tensor], batch: VQABatch) -> dict[str, float]:
         """Supervised tokens of the batch (those the shifted loss sees) and their share of its real tokens."""

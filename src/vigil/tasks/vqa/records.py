@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -48,12 +49,13 @@ class Catalog:
 @dataclass(frozen=True)
 class VQAContext:
     """What the module needs from the data: the most frequent training answer of each question type, and of each
-    normalised question text (the two text-only baselines), and how the prompt spells an answer (for decoding;
-    None: the plain template's)."""
+    normalised question text (the two text-only baselines); how the prompt spells an answer (for decoding; None: the
+    plain template's); the checkpoint's processor, to draw the preflight's batch as text and pixels."""
 
     majority_answers: dict[str, str]
     question_prior: dict[str, str] = field(default_factory=dict)
     answer_format: AnswerFormat | None = None
+    processor: Any = None
 
 
 @dataclass
@@ -64,6 +66,8 @@ class VQABatch(Batch):
     asked turn's `Answer:`, padded on the left for generation. `image_grid_thw` is Qwen2-VL's patch grid per
     image, None for processors with fixed-size images (LLaVA).
     """
+
+    image_fields = ("pixel_values",)
 
     input_ids: torch.Tensor = model_input()
     attention_mask: torch.Tensor = model_input()
