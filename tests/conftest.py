@@ -50,8 +50,8 @@ def synthetic_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def cli(tmp_path: Path, synthetic_cache: Path):
     """Run `python -m vigil.<entry> args...` with outputs under tmp_path; returns a CliResult."""
 
-    def run(entry: str, *args: str, timeout: int = 600, background: bool = False):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    def run(entry: str, *args: str, timeout: int = 600, background: bool = False, env: dict | None = None):
+        extra, env = env or {}, {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
         # One torch thread per process: on two cores, a second thread stalls at every barrier whenever another
         # process runs (DDP ranks, the test runner), making steps many times slower.
         env.update(
@@ -61,6 +61,7 @@ def cli(tmp_path: Path, synthetic_cache: Path):
         env["VIGIL_PREFLIGHT"] = "false"
         # Test-only callbacks (killing.KillAtStep) are importable by the runs.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
+        env.update(extra)
         command = [sys.executable, "-m", f"vigil.{entry}", *args]
         if background:
             return subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

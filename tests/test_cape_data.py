@@ -397,6 +397,10 @@ def test_cross_supercategory_preset_reads_its_annotation_files_under_the_root(tm
         "test": "fewshot_test_furniture.json",
     }
     assert len(module.files["test"].instances) == 6
+    # Validation and test reading one file are one split for the disjointness check, said in a warning.
+    report = module.audit(VisibleMasking())
+    assert not [error for error in report.errors if "both val and test" in error]
+    assert [warning for warning in report.warnings if warning.startswith("test reads the same file as val")]
 
 
 def test_annotation_files_must_name_the_three_splits_and_stay_under_the_root(tmp_path: Path):
