@@ -51,10 +51,14 @@ def flickr30k(root: Path, hub: Path) -> list[str]:
     image_model = "vit_base_patch16_224.augreg2_in21k_ft_in1k"
     tower = timm.create_model(image_model, pretrained=False, depth=1)
     publish_state_dict(hub, timm.models.get_pretrained_cfg(image_model).hf_hub_id, tower.state_dict())
-    captions = [text for image in json.loads((root / ANNOTATION_FILE).read_text())["images"] for text in image["sentences"]]
+    captions = [
+        text for image in json.loads((root / ANNOTATION_FILE).read_text())["images"] for text in image["sentences"]
+    ]
     tokenizer = ensure_wordpiece_tokenizer(root.parent / "tokenizers", [c["raw"] for c in captions], 200)
     text = root.parent / "bert"
-    config = BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    config = BertConfig(
+        vocab_size=200, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    )
     BertModel(config).save_pretrained(text)
     shutil.copytree(tokenizer, text, dirs_exist_ok=True)
     publish_folder(hub, "bert-base-uncased", text)

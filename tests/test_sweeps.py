@@ -71,7 +71,21 @@ def test_a_three_trial_search_optimises_the_monitored_metric(cli, tmp_path: Path
     found = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert found["best_value"] == pytest.approx(max(scores)), "direction comes from task.monitor_mode (max)"
     assert set(found["best_params"]) == {"task.optimizer.lr", "task.optimizer.weight_decay", "loss"}
+    names = [read_json(trial / "run.json")["name"] for trial in trials]
+    assert all({part.partition("=")[0] for part in name.split(",")} == set(found["best_params"]) for name in names)
     assert "sweep: 3 of 3 jobs finished, 0 failed" in result.stdout
+
+
+def test_a_search_whose_every_trial_fails_ends_with_the_summary(cli, tmp_path: Path):
+    sweep = tmp_path / "search"
+    broken = "data.split_fractions=[0.5,0.5,0.5]"
+    result = cli(
+        "train", "hparams_search=segmentation", "hydra.sweeper.n_trials=2", broken, *TINY, f"hydra.sweep.dir={sweep}"
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.output and "No trials are completed" not in result.output
+    assert "sweep: 0 of 2 jobs finished, 2 failed" in result.stderr
+    assert all(read_json(trial / "run.json")["reason"].startswith("ConfigError") for trial in jobs(sweep))
 
 
 def test_a_run_stopped_by_a_non_finite_loss_is_recorded_and_marked_failed_in_wandb(cli, tmp_path: Path):

@@ -19,7 +19,9 @@ FIRST_COMMANDS = (
     ("vigil-train resume=true", "continue the latest run with the same overrides from its last.ckpt"),
     ("vigil-eval ckpt_path=outputs/runs/<run>/checkpoints/best.ckpt", "evaluate a checkpoint on val and test"),
     ("vigil-eval task=contrastive model=clip", "no checkpoint: the zero-shot row of the model as it loads"),
+    ("vigil-train hparams_search=segmentation", "an Optuna search over the task's learning rate, decay and loss"),
     ("vigil-compare outputs/multiruns/<sweep>", "the final metrics of a sweep's runs as a table, and curves"),
+    ("vigil-export ckpt_path=<run>/checkpoints/best.ckpt out=DIR", "a fine-tuned VQA model as transformers loads it"),
 )
 # Not listed as groups: tasks get sections of their own, and Hydra's own groups are in --hydra-help.
 SECTIONED_GROUPS = ("task", "hydra")

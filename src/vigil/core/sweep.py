@@ -17,6 +17,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict, read_write
 
+from vigil.core.errors import vigil_cause
+
 
 def in_multirun() -> bool:
     """Whether this process is a job of a Hydra multirun (`-m`)."""
@@ -24,7 +26,9 @@ def in_multirun() -> bool:
 
 
 def failure_reason(error: BaseException) -> str:
-    """One line saying why a job stopped: the error's type and the first line of its message."""
+    """One line saying why a job stopped: the error's type and the first line of its message (of the VigilError
+    behind it, when Hydra's instantiate wrapped one)."""
+    error = vigil_cause(error) or error
     message = str(error).strip().splitlines()
     return f"{type(error).__name__}: {message[0]}" if message else type(error).__name__
 
@@ -70,13 +74,17 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Read every job's `run.json` under the sweep directory and report."""
-        jobs = job_records(Path(config.hydra.sweep.dir))
-        failed = {name: record for name, record in jobs.items() if record.get("status") != "finished"}
-        lines = [f"sweep: {len(jobs) - len(failed)} of {len(jobs)} jobs finished, {len(failed)} failed"]
-        lines += [f"  job {name} ({record.get('name', '')}): {describe(record)}" for name, record in failed.items()]
-        print("\n".join(lines), file=sys.stderr if failed else sys.stdout, flush=True)
-        if failed:
-            sys.exit(1)
+        report_sweep(job_records(Path(config.hydra.sweep.dir)))
+
+
+def report_sweep(jobs: dict[str, dict[str, Any]]) -> None:
+    """Print how many of `jobs` finished and why each other one did not; exit 1 when any failed."""
+    failed = {name: record for name, record in jobs.items() if record.get("status") != "finished"}
+    lines = [f"sweep: {len(jobs) - len(failed)} of {len(jobs)} jobs finished, {len(failed)} failed"]
+    lines += [f"  job {name} ({record.get('name', '')}): {describe(record)}" for name, record in failed.items()]
+    print("\n".join(lines), file=sys.stderr if failed else sys.stdout, flush=True)
+    if failed:
+        sys.exit(1)
 
 
 def job_records(sweep_dir: Path) -> dict[str, dict[str, Any]]:
