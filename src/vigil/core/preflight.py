@@ -344,9 +344,9 @@ def check_blind_baseline(
 def short_training_loss(module: TaskModule, batches: list[Batch], steps: int) -> float:
     """The mean training loss on `batches` after `steps` optimizer steps on them.
 
-    The configured optimizer without its scheduler: a warm-up would leave these few steps without learning. The
-    loss is measured in training mode, as training sees it: batch-norm statistics of constant images, still
-    converging after so few steps, would otherwise dominate the blind run's loss.
+    The configured optimizer without its scheduler. The loss is measured in training mode, as training sees it:
+    batch-norm statistics of constant images, still converging after so few steps, would otherwise dominate the
+    blind run's loss.
     """
     optimizer = configured_optimizer(module)
     module.train()
@@ -360,9 +360,9 @@ def short_training_loss(module: TaskModule, batches: list[Batch], steps: int) ->
 
 
 def configured_optimizer(module: TaskModule) -> torch.optim.Optimizer:
-    """A fresh optimizer as the run configures it, without its scheduler."""
-    optimizers = module.configure_optimizers()
-    return optimizers["optimizer"] if isinstance(optimizers, dict) else optimizers
+    """A fresh optimizer as the run configures it, without its scheduler: building one already scales the
+    learning rate (a warm-up's start factor), which would leave these few steps without learning."""
+    return module.optimizer_factory(params=module.parameter_groups())
 
 
 def constant_images(batch: Batch) -> Batch:
