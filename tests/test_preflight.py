@@ -155,6 +155,46 @@ def test_independence_check_is_exact_on_a_per_sample_network():
     assert coupled.verdict == "fail" and coupled.details["coupled"] == {"output<-image": pytest.approx(0.0, abs=1e-2)}
 
 
+def test_independence_check_differentiates_through_the_embeddings_of_token_inputs():
+    """Token ids have no gradient; their embeddings do: a sequence model mixing the batch there is caught, and a
+    frozen embedding is probed as well."""
+
+    @dataclasses.dataclass
+    class Tokens(Batch):
+        input_ids: torch.Tensor = model_input()
+
+        def __len__(self):
+            return self.input_ids.shape[0]
+
+    class Probe(TaskModule):
+        def __init__(self, mix: bool):
+            model = torch.nn.Embedding(10, 3).requires_grad_(False)
+            super().__init__(model, torch.nn.Identity(), None, torch.optim.SGD)
+            self.head = torch.nn.Linear(3, 2)
+            self.mix = mix
+
+        def forward_batch(self, batch):
+            embeddings = self.model(batch.input_ids)
+            if self.mix:
+                embeddings = embeddings.transpose(0, 1).reshape(embeddings.shape)
+            return self.head(embeddings).mean(dim=1)
+
+        def training_loss(self, batch):
+            raise NotImplementedError
+
+        def evaluate(self, batch, split, batch_idx):
+            raise NotImplementedError
+
+        def log_metrics(self, split):
+            raise NotImplementedError
+
+    batch = Tokens(torch.randint(0, 10, (4, 5)))
+    clean = preflight.check_independence(Probe(mix=False), batch, 4)
+    assert clean.verdict == "pass" and "'model'" in clean.message
+    mixed = preflight.check_independence(Probe(mix=True), batch, 4)
+    assert mixed.verdict == "fail" and set(mixed.details["coupled"]) == {"output<-model"}
+
+
 @pytest.mark.parametrize("task", EVERY_TASK)
 def test_init_loss_check_warns_when_the_output_starts_far_from_chance(task: str, synthetic_cache: Path):
     built = broken(task, "scale_initial_output", synthetic_cache)

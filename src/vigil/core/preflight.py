@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_only
+from torch import nn
 
 from vigil.core.batch import Batch
 from vigil.core.data import TaskDataModule
@@ -245,8 +247,9 @@ def check_gradients(module: TaskModule, batch: Batch) -> CheckResult:
 
 
 def check_independence(module: TaskModule, batch: Batch, probe_samples: int) -> CheckResult:
-    """In eval mode, the gradient of each probed sample's outputs with respect to every other sample's image
-    inputs is exactly zero."""
+    """In eval mode, the gradient of each probed sample's outputs with respect to every other sample's inputs is
+    exactly zero: its image inputs, and the output of every embedding layer (token ids have no gradient, their
+    embeddings do)."""
     module.eval()
     probe = batch.first(min(probe_samples, len(batch)))
     size = len(probe)
@@ -255,18 +258,20 @@ def check_independence(module: TaskModule, batch: Batch, probe_samples: int) -> 
         for name in type(probe).image_fields
         if is_per_sample(getattr(probe, name), size)
     }
-    if size < 2 or not images:
-        return CheckResult("independence", "skip", None, "needs two samples and a per-sample image input")
-    outputs = module.preflight_outputs(dataclasses.replace(probe, **images))
+    with embedding_outputs(module, size) as embeddings:
+        outputs = module.preflight_outputs(dataclasses.replace(probe, **images))
+    inputs = {**images, **embeddings}
+    if size < 2 or not inputs:
+        return CheckResult("independence", "skip", None, "needs two samples and a per-sample input")
     coupled: dict[str, float] = {}
     for output_name, output in outputs.items():
         if not output.requires_grad:
             continue
         for sample in range(size):
             grads = torch.autograd.grad(
-                output[sample].sum(), list(images.values()), retain_graph=True, allow_unused=True
+                output[sample].sum(), list(inputs.values()), retain_graph=True, allow_unused=True
             )
-            for input_name, grad in zip(images, grads, strict=True):
+            for input_name, grad in zip(inputs, grads, strict=True):
                 if grad is None:
                     continue
                 others = torch.cat([grad[:sample], grad[sample + 1 :]])
@@ -286,8 +291,35 @@ def check_independence(module: TaskModule, batch: Batch, probe_samples: int) -> 
             {"coupled": coupled, "probe_samples": size},
         )
     return CheckResult(
-        "independence", "pass", 0.0, f"outputs {sorted(outputs)} depend only on their own sample's {sorted(images)}"
+        "independence", "pass", 0.0, f"outputs {sorted(outputs)} depend only on their own sample's {sorted(inputs)}"
     )
+
+
+@contextlib.contextmanager
+def embedding_outputs(module: nn.Module, size: int) -> Iterator[dict[str, torch.Tensor]]:
+    """While open, every per-sample output of an `nn.Embedding` of `module` is replaced by a copy that requires
+    grad (a frozen embedding's output has none), collected under the layer's name (`name#2` for a second call)."""
+    collected: dict[str, torch.Tensor] = {}
+    calls: Counter[str] = Counter()
+
+    def capture(name: str) -> Callable[..., torch.Tensor | None]:
+        def hook(_layer: nn.Module, _args: Any, output: torch.Tensor) -> torch.Tensor | None:
+            if not is_per_sample(output, size):
+                return None
+            calls[name] += 1
+            key = name if calls[name] == 1 else f"{name}#{calls[name]}"
+            collected[key] = output.detach().requires_grad_(True)
+            return collected[key]
+
+        return hook
+
+    layers = [(name, layer) for name, layer in module.named_modules() if isinstance(layer, nn.Embedding)]
+    handles = [layer.register_forward_hook(capture(name)) for name, layer in layers]
+    try:
+        yield collected
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def is_per_sample(value: Any, size: int) -> bool:
