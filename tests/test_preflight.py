@@ -120,6 +120,19 @@ def test_independence_check_fails_on_a_transpose_that_mixes_the_batch(task: str,
     assert result.value > 0
 
 
+class ForwardOnly(TaskModule):
+    """A module the independence check can probe: `forward_batch` only."""
+
+    def training_loss(self, batch):
+        raise NotImplementedError
+
+    def evaluate(self, batch, split, batch_idx):
+        raise NotImplementedError
+
+    def log_metrics(self, split):
+        raise NotImplementedError
+
+
 def test_independence_check_is_exact_on_a_per_sample_network():
     """A network without batch coupling passes; one with a batch mean (even a tiny one) fails."""
 
@@ -131,7 +144,7 @@ def test_independence_check_is_exact_on_a_per_sample_network():
         def __len__(self):
             return self.image.shape[0]
 
-    class Probe(TaskModule):
+    class Probe(ForwardOnly):
         def __init__(self, coupling: float):
             super().__init__(torch.nn.Linear(3, 2), torch.nn.Identity(), None, torch.optim.SGD)
             self.coupling = coupling
@@ -139,15 +152,6 @@ def test_independence_check_is_exact_on_a_per_sample_network():
         def forward_batch(self, batch):
             output = self.model(batch.image)
             return output + self.coupling * output.mean(dim=0, keepdim=True)
-
-        def training_loss(self, batch):
-            raise NotImplementedError
-
-        def evaluate(self, batch, split, batch_idx):
-            raise NotImplementedError
-
-        def log_metrics(self, split):
-            raise NotImplementedError
 
     batch = Pictures(torch.randn(4, 3))
     assert preflight.check_independence(Probe(0.0), batch, 4).verdict == "pass"
@@ -166,7 +170,7 @@ def test_independence_check_differentiates_through_the_embeddings_of_token_input
         def __len__(self):
             return self.input_ids.shape[0]
 
-    class Probe(TaskModule):
+    class Probe(ForwardOnly):
         def __init__(self, mix: bool):
             model = torch.nn.Embedding(10, 3).requires_grad_(False)
             super().__init__(model, torch.nn.Identity(), None, torch.optim.SGD)
@@ -178,15 +182,6 @@ def test_independence_check_differentiates_through_the_embeddings_of_token_input
             if self.mix:
                 embeddings = embeddings.transpose(0, 1).reshape(embeddings.shape)
             return self.head(embeddings).mean(dim=1)
-
-        def training_loss(self, batch):
-            raise NotImplementedError
-
-        def evaluate(self, batch, split, batch_idx):
-            raise NotImplementedError
-
-        def log_metrics(self, split):
-            raise NotImplementedError
 
     batch = Tokens(torch.randint(0, 10, (4, 5)))
     clean = preflight.check_independence(Probe(mix=False), batch, 4)
