@@ -203,7 +203,9 @@ def cape_annotation(index: int, category_id: int, keypoints: int, size: tuple[in
     x, y = rng.uniform(0, size[0] - width), rng.uniform(0, size[1] - height)
     points = rng.uniform((x, y), (x + width, y + height), (keypoints, 2))
     visibility = np.where(rng.random(keypoints) < 0.1, 0, 2)
-    triples = [[round(float(px), 1), round(float(py), 1), int(v)] for (px, py), v in zip(points, visibility)]
+    triples = [
+        [round(float(px), 1), round(float(py), 1), int(v)] for (px, py), v in zip(points, visibility, strict=True)
+    ]
     return {
         "id": index,
         "image_id": index,

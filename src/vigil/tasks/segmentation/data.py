@@ -40,6 +40,7 @@ from vigil.core.files import (
     OnError,
     RecordPolicy,
     check_split_fractions,
+    image_size,
     is_image_file,
     normalize,
     open_image,
@@ -160,8 +161,8 @@ class SegmentationDataModule(TaskDataModule):
         split_fractions: tuple[float, float, float] | list[float] = (0.8, 0.1, 0.1),
         split_seed: int = 0,
         batch_size: int = 8,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        num_workers: int | str = 0,
+        pin_memory: bool | str = False,
         augment: list[Any] | None = None,
         on_error: OnError = "raise",
         class_names: list[str] | None = None,
@@ -349,8 +350,9 @@ def read_split_file(root: Path, split_file: str, records: list[SegmentationRecor
 
 
 def scan_record(record: SegmentationRecord, spec: MaskSpec) -> MaskFacts:
-    """Decode a record's image and mask once, check them, and return the mask facts; DataError if bad."""
-    image = open_image(record.image_path, mode=None)
+    """Check a record's image (its header: the pixels are decoded when loaded) and decode its mask once for the
+    mask facts; DataError if bad."""
+    size = image_size(record.image_path)
     if not record.annotated:
         return MaskFacts(record.name, False, 0.0, 0.0, 0.0)
     if record.mask_path is None:
@@ -361,11 +363,11 @@ def scan_record(record: SegmentationRecord, spec: MaskSpec) -> MaskFacts:
             "add its mask, or list the image in the unannotated file",
         )
     mask = open_image(record.mask_path, mode=None)
-    if mask.size != image.size:
+    if mask.size != size:
         raise DataError(
             record.mask_path,
             None,
-            f"mask size {mask.size[0]}x{mask.size[1]} differs from image size {image.size[0]}x{image.size[1]}",
+            f"mask size {mask.size[0]}x{mask.size[1]} differs from image size {size[0]}x{size[1]}",
             "re-export the mask at the image's size",
         )
     raw = np.asarray(mask.convert("L"))

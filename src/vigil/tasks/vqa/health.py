@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
+from vigil.core.files import image_size
 from vigil.core.guardrails import AuditReport
 from vigil.tasks.vqa.masking import VQAMasking
 from vigil.tasks.vqa.prompts import PromptEncoder, Role
@@ -43,16 +45,19 @@ class SampleCheck:
 
 
 class ImageSegments:
-    """The processor's image segment for each image size, computed once per size on a blank image of it."""
+    """The processor's image segment for each image size, computed once per size on a blank image of it; each
+    image file's size is read once (Kvasir-VQA asks about nine questions of every image)."""
 
     def __init__(self, encoder: PromptEncoder) -> None:
         self.encoder = encoder
         self.by_size: dict[tuple[int, int], Any] = {}
+        self.size_of: dict[Path, tuple[int, int]] = {}
 
     def __call__(self, record: VQARecord) -> Any:
         """The image segment of the record's image, read from the file's header (its pixels are not decoded)."""
-        with Image.open(record.path) as image:
-            size = image.size
+        size = self.size_of.get(record.path)
+        if size is None:
+            size = self.size_of[record.path] = image_size(record.path, record.record)
         if size not in self.by_size:
             self.by_size[size] = self.encoder.image_segment(Image.new("RGB", size))
         return self.by_size[size]
@@ -69,6 +74,14 @@ def audit_splits(catalog: Catalog, encoder: PromptEncoder, masking: VQAMasking, 
         report.splits[split] = split_summary(records, checks)
         judge(report, split, checks, masking, max_length)
     report.splits["train"]["candidates_per_type"] = {name: len(c) for name, c in catalog.candidates.items()}
+    unlisted = {name: len(c) for name, c in catalog.candidates.items() if len(c) > encoder.max_listed_candidates}
+    report.splits["train"]["candidates_not_listed"] = unlisted
+    if encoder.show_candidates and unlisted:
+        report.warnings.append(
+            f"train: the candidates of {', '.join(f'{name} ({count})' for name, count in unlisted.items())} are not "
+            f"listed in the prompts (more than data.max_listed_candidates={encoder.max_listed_candidates}); "
+            "constrained decoding still keeps answers to them"
+        )
     report.splits["train"]["majority_answer"] = dict(catalog.majority)
     for split in ("train", "val"):
         if not catalog.splits[split]:
