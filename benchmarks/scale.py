@@ -14,6 +14,7 @@ against the data's growth.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -44,22 +45,32 @@ PRESETS = {
     "cape": ["task=cape", "data=mp100"],
     "vqa": ["task=vqa", "data=kvasir_vqa", "model=tiny_llava", "data.annotation_file=kvasir_vqa.csv"],
 }
-# A short run: the first step is what is timed; two steps and one validation batch give every loader's workers
-# time to start.
-TRAIN_OVERRIDES = ["logger=csv", "++trainer.max_steps=2", "++trainer.limit_val_batches=1", "run_test=false"]
-TRAIN_OVERRIDES += ["preflight=false", "++trainer.enable_progress_bar=false", "++trainer.num_sanity_val_steps=1"]
+# A short run: the first step is what is timed; one validation batch after it starts the evaluation loader's
+# workers beside the training loader's, which is when memory peaks.
+TRAIN_OVERRIDES = ["logger=csv", "++trainer.max_steps=1", "++trainer.val_check_interval=1", "run_test=false"]
+TRAIN_OVERRIDES += ["++trainer.limit_val_batches=1", "++trainer.num_sanity_val_steps=0", "preflight=false"]
+TRAIN_OVERRIDES += ["++trainer.enable_progress_bar=false"]
 LOADER_BATCHES = 6
-# A cost whose growth is within this factor of the data's growth is linear (or better).
-LINEAR_SLACK = 1.5
+GENERATED_QUESTIONS = 64
+# A cost within this factor of its linear prediction is linear (or better).
+LINEAR_SLACK = 1.25
 
 
 @dataclass
 class Measured:
-    """Wall seconds and peak resident bytes of one command's process tree, and its output."""
+    """Wall seconds and peak resident bytes of one command's process tree, its exit status and its output."""
 
     seconds: float
     peak_rss: int
+    returncode: int
     stdout: str
+
+    def failure(self) -> str:
+        """'' when the command succeeded, else its exit status and the last line it printed."""
+        if self.returncode == 0:
+            return ""
+        lines = [line for line in self.stdout.splitlines() if line.strip()]
+        return f"exit {self.returncode}: {lines[-1][:160] if lines else ''}"
 
 
 def tree_rss(process: psutil.Process) -> int:
@@ -74,7 +85,7 @@ def tree_rss(process: psutil.Process) -> int:
 
 
 def measure(command: Sequence[str]) -> Measured:
-    """Run `command`, sampling its process tree's resident memory every 50 ms; raise when it fails."""
+    """Run `command`, sampling its process tree's resident memory every 50 ms."""
     start = time.perf_counter()
     process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     watched, peak, done = psutil.Process(process.pid), [0], threading.Event()
@@ -92,9 +103,7 @@ def measure(command: Sequence[str]) -> Measured:
     stdout, _ = process.communicate()
     done.set()
     sampler.join()
-    if process.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}):\n{stdout[-3000:]}")
-    return Measured(time.perf_counter() - start, peak[0], stdout)
+    return Measured(time.perf_counter() - start, peak[0], process.returncode, stdout)
 
 
 def script(name: str) -> list[str]:
@@ -114,18 +123,19 @@ def train(task: str, root: Path, extra: Sequence[str]) -> tuple[float, Measured]
     with tempfile.TemporaryDirectory(prefix="vigil-scale-") as run_dir:
         command = [*script("vigil-train"), *PRESETS[task], f"data.root={root}", *TRAIN_OVERRIDES, *extra]
         measured = measure([*command, f"hydra.run.dir={run_dir}"])
-        record = json.loads((Path(run_dir) / "run.json").read_text())
-    return float(record["first_step_seconds"]), measured
+        run_record = Path(run_dir) / "run.json"
+        first_step = json.loads(run_record.read_text())["first_step_seconds"] if run_record.is_file() else None
+    return float("nan") if first_step is None else float(first_step), measured
 
 
-def datamodule(task: str, root: Path, extra: Sequence[str]) -> Any:
-    """The task's DataModule as `vigil-train` composes it for the corpus, set up."""
+def composed(task: str, root: Path, extra: Sequence[str]) -> tuple[Any, Any]:
+    """The run's config as `vigil-train` composes it for the corpus, and its DataModule, set up."""
     with initialize_config_dir(str(REPO_ROOT / "conf"), version_base="1.3"):
         config = compose("train", [*PRESETS[task], f"data.root={root}", *extra], return_hydra_config=True)
     data = instantiate(config.data)
     data.prepare_data()
     data.setup()
-    return data
+    return config, data
 
 
 def sample_files(task: str, data: Any) -> tuple[list[list[Path]], tuple[int, int]]:
@@ -171,18 +181,23 @@ def endless(loader: DataLoader) -> Iterator[Any]:
 
 
 def samples_per_second(loader: DataLoader, batch_size: int) -> float:
-    """Samples/s over `LOADER_BATCHES` batches, after a first batch that starts the workers."""
+    """Samples/s over `LOADER_BATCHES` batches, after a first batch that starts the workers; the workers are
+    ended after (a later loader's forked workers must not inherit them)."""
     batches = endless(loader)
     next(batches)
     start = time.perf_counter()
     for _ in range(LOADER_BATCHES):
         next(batches)
-    return LOADER_BATCHES * batch_size / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    batches.close()
+    if getattr(loader, "_iterator", None) is not None:
+        loader._iterator._shutdown_workers()
+        loader._iterator = None
+    return LOADER_BATCHES * batch_size / seconds
 
 
-def loader_ratios(task: str, root: Path, extra: Sequence[str]) -> dict[int, tuple[float, float]]:
+def loader_ratios(task: str, data: Any) -> dict[int, tuple[float, float]]:
     """(vigil's training loader, the plain loop) samples/s by worker count."""
-    data = datamodule(task, root, extra)
     files, size = sample_files(task, data)
     results = {}
     for workers in (0, 2):
@@ -202,13 +217,20 @@ def records(task: str, root: Path) -> int:
 
 
 def linearity(values: dict[float, float], sizes: dict[float, int]) -> str:
-    """`linear` when the cost grows no faster than the data (within LINEAR_SLACK), else how much faster."""
+    """`linear` when the cost at the largest size is no more than LINEAR_SLACK times the straight line through
+    the two smallest sizes predicts (a fixed start-up cost makes a linear cost grow slower than the data)."""
+    if any(math.isnan(value) for value in values.values()):
+        return "failed at some size"
     if len(values) < 2:
         return "one size"
-    small, large = min(values), max(values)
-    data_growth = sizes[large] / sizes[small]
-    growth = values[large] / max(values[small], 1e-9)
-    verdict = "linear" if growth <= data_growth * LINEAR_SLACK else "SUPERLINEAR"
+    fractions = sorted(values)
+    first, second, last = fractions[0], fractions[1], fractions[-1]
+    slope = (values[second] - values[first]) / (sizes[second] - sizes[first])
+    predicted = values[first] + max(slope, 0.0) * (sizes[last] - sizes[first]) if last != second else values[second]
+    growth, data_growth = values[last] / max(values[first], 1e-9), sizes[last] / sizes[first]
+    if len(fractions) == 2:
+        predicted = values[first] * data_growth
+    verdict = "linear" if values[last] <= LINEAR_SLACK * predicted else "SUPERLINEAR"
     return f"{verdict}: x{growth:.1f} for x{data_growth:.1f} data"
 
 
@@ -223,23 +245,66 @@ def scale_rows(task: str, fraction: float, extra: Sequence[str]) -> tuple[int, d
     print(f"[scale] {label}: train ...", file=sys.stderr, flush=True)
     first_step, trained = train(task, root, extra)
     print(f"[scale] {label}: loaders ...", file=sys.stderr, flush=True)
-    loaders = loader_ratios(task, root, extra)
-    costs = {"audit s": audited.seconds, "first step s": first_step}
+    config, data = composed(task, root, extra)
+    loaders = loader_ratios(task, data)
+    costs = {
+        "audit s": audited.seconds if not audited.returncode else math.nan,
+        "first step s": first_step,
+        "audit peak RSS": audited.peak_rss / 2**30,
+        "train peak RSS": trained.peak_rss / 2**30,
+    }
     print(f"[scale] {label}: audit {audited.seconds:.1f}s, first step {first_step:.1f}s, {loaders}", file=sys.stderr)
+    audit_note = audited.failure() or f"{size} records"
+    train_note = trained.failure() or f"run {trained.seconds:.0f}s"
     rows = [
-        Row(NAME, f"{label} audit", audited.seconds, "s", "<= 60 at 100%", f"{size} records"),
+        Row(NAME, f"{label} audit", audited.seconds, "s", "<= 60 at 100%", audit_note),
         Row(NAME, f"{label} audit peak RSS", audited.peak_rss / 2**30, "GiB"),
-        Row(NAME, f"{label} first step", first_step, "s", "<= 60 at 100%", f"run {trained.seconds:.0f}s"),
+        Row(NAME, f"{label} first step", first_step, "s", "<= 60 at 100%", train_note),
         Row(NAME, f"{label} train peak RSS (tree)", trained.peak_rss / 2**30, "GiB"),
     ]
     for workers, (ours, plain) in loaders.items():
         note = f"{ours:.1f} vs plain {plain:.1f} samples/s"
         rows.append(Row(NAME, f"{label} loader / plain, {workers} workers", ours / plain, "x", ">= 0.9", note))
+    if task == "vqa":
+        print(f"[scale] {label}: generation ...", file=sys.stderr, flush=True)
+        rows += generation_rows(label, config, data)
     return size, costs, rows
 
 
+def generation_rows(label: str, config: Any, data: Any) -> list[Row]:
+    """Questions/s of vigil's batched evaluation decoding against one `generate` call per question, on the same
+    validation questions and model, free and constrained, and how many answers agree."""
+    from vigil.tasks.vqa.decoding import Decoder
+
+    model = instantiate(config.model).eval()
+    dataset, collate = data.dataset("val"), data.collate("val")
+    samples = [dataset[index] for index in range(min(GENERATED_QUESTIONS, len(dataset)))]
+    batch_size = data.batch_size
+    rows = []
+    for decoding in ("free", "constrained"):
+        decoder = Decoder(decoding, config.task.module.max_new_tokens, data.context().answer_format)
+        with torch.no_grad():
+            start = time.perf_counter()
+            batched = [
+                a
+                for i in range(0, len(samples), batch_size)
+                for a in decoder(model, collate(samples[i : i + batch_size]))
+            ]
+            middle = time.perf_counter()
+            plain = [answer for sample in samples for answer in decoder(model, collate([sample]))]
+            end = time.perf_counter()
+        same = sum(a == b for a, b in zip(batched, plain, strict=True)) / len(samples)
+        ours, theirs = len(samples) / (middle - start), len(samples) / (end - middle)
+        note = f"{ours:.1f} vs {theirs:.1f} questions/s, batches of {batch_size}; {same:.0%} same answers"
+        rows.append(Row(NAME, f"{label} {decoding} generation / per-question loop", ours / theirs, "x", "> 1", note))
+    return rows
+
+
 def scale(args: Any) -> list[Row]:
-    """The table over the chosen tasks and sizes, with a linearity verdict per task and cost."""
+    """The table over the chosen tasks and sizes, with a linearity verdict per task and cost (each task's rows
+    printed as soon as they are measured)."""
+    from benchmarks.run import render
+
     torch.set_num_threads(args.threads)
     rows: list[Row] = []
     for task in args.scale_tasks.split(","):
@@ -255,4 +320,5 @@ def scale(args: Any) -> list[Row]:
         for cost, values in costs.items():
             rows.append(Row(NAME, f"{task} {cost} growth", values[max(values)] / values[min(values)], "x",
                             "linear", linearity(values, sizes)))  # fmt: skip
+        print(render([row for row in rows if row.metric.startswith(task)]), file=sys.stderr, flush=True)
     return rows
