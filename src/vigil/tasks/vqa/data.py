@@ -302,6 +302,9 @@ class RecordReader:
         self.policy = policy
         self.root = root
         self.image_root = image_root
+        # Each image is asked about several times (Kvasir-VQA: nine questions per image): its file is found once.
+        self.found: dict[str, Path] = {}
+        self.file_of_id: dict[str, str] = {}
 
     def read_jsonl(self, path: Path) -> list[VQARecord]:
         """One record per non-empty line; a line that is not a JSON object is a DataError naming it."""
@@ -387,12 +390,15 @@ class RecordReader:
 
     def image_path(self, path: Path, where: str, image: str) -> Path:
         """The record's image file under the image root; one escaping it or missing is a DataError."""
+        if image in self.found:
+            return self.found[image]
         resolved = resolve_under(self.image_root, image, path, where)
         if not resolved.is_file():
             folder = self.image_root.relative_to(self.root) if self.image_root.is_relative_to(self.root) else ""
             raise DataError(
                 path, where, f"missing image file: {folder}/{image} not found", "add the image, or fix data.image_dir"
             )
+        self.found[image] = resolved
         return resolved
 
     def read_csv(self, path: Path) -> list[VQARecord]:
@@ -423,9 +429,10 @@ class RecordReader:
         if not img_id:
             raise DataError(path, where, "no img_id", "give the row its image id")
         turn = self.single_turn(path, where, {"question": row["question"], "answer": row["answer"]})
-        image = next(
+        image = self.file_of_id.get(img_id) or next(
             (img_id + s for s in IMAGE_SUFFIXES if (self.image_root / (img_id + s)).is_file()), img_id + ".jpg"
         )
+        self.file_of_id[img_id] = image
         record_id = f"{img_id}:{where.removeprefix('line ')}"
         return VQARecord(record_id, image, self.image_path(path, where, image), (turn,), path, where)
 
