@@ -254,7 +254,8 @@ def scale_rows(task: str, fraction: float, extra: Sequence[str]) -> tuple[int, d
         "train peak RSS": trained.peak_rss / 2**30,
     }
     print(f"[scale] {label}: audit {audited.seconds:.1f}s, first step {first_step:.1f}s, {loaders}", file=sys.stderr)
-    audit_note = audited.failure() or f"{size} records"
+    unit = "instances" if task == "cape" else "images"
+    audit_note = audited.failure() or f"{size} {unit}"
     train_note = trained.failure() or f"run {trained.seconds:.0f}s"
     rows = [
         Row(NAME, f"{label} audit", audited.seconds, "s", "<= 60 at 100%", audit_note),
