@@ -65,6 +65,13 @@ def loader(args: argparse.Namespace) -> list[Row]:
     return run(args)
 
 
+def scale(args: argparse.Namespace) -> list[Row]:
+    """Real size: audit, first step, memory and loader speed on realistic-size corpora of every task (minutes)."""
+    from benchmarks.scale import scale as run
+
+    return run(args)
+
+
 BENCHMARKS: list[tuple[str, Benchmark]] = [
     ("train_step", train_step),
     ("startup", startup),
@@ -72,7 +79,10 @@ BENCHMARKS: list[tuple[str, Benchmark]] = [
     ("vqa_eval", vqa_eval),
     ("pck", pck),
     ("loader", loader),
+    ("scale", scale),
 ]
+# Long: run only when named (`--only scale`).
+ON_REQUEST = {"scale"}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -91,6 +101,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--startup-runs", type=int, default=3, help="vigil-train runs to take the median of (default 3)"
     )
+    parser.add_argument("--scale-sizes", default="0.1,0.3,1.0", help="scale: fractions of the real sizes")
+    parser.add_argument("--scale-tasks", default="seg,contrastive,cape,vqa", help="scale: the tasks measured")
+    parser.add_argument("--scale-overrides", nargs="*", default=[], help="scale: overrides for every command")
     out = REPO_ROOT / "outputs" / "bench" / "results.json"
     parser.add_argument("--out", type=Path, default=out, help="where the JSON results go (default outputs/bench/)")
     return parser.parse_args(argv)
@@ -137,7 +150,8 @@ def write_results(path: Path, rows: list[Row], args: argparse.Namespace, seconds
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the selected benchmarks in order, print the table, write the JSON."""
     args = parse_args(argv)
-    selected = [(name, bench) for name, bench in BENCHMARKS if not args.only or name in args.only]
+    chosen = set(args.only) if args.only else {name for name, _ in BENCHMARKS} - ON_REQUEST
+    selected = [(name, bench) for name, bench in BENCHMARKS if name in chosen]
     start = time.perf_counter()
     rows: list[Row] = []
     for name, bench in selected:

@@ -58,6 +58,19 @@ def test_segmentation_mask_moves_with_its_image(transform: v2.Transform):
     assert moved_any or isinstance(transform, v2.ColorJitter), "a geometric transform never moved the marker"
 
 
+def test_a_pil_image_moves_with_its_mask_and_comes_back_a_pil_image():
+    pixels, mask = square_scene()
+    image = Image.fromarray((pixels.permute(1, 2, 0).numpy() * 255).astype(np.uint8))
+    for seed in SEEDS:
+        torch.manual_seed(seed)
+        moved_image, moved = augmented(v2.Compose(SEGMENTATION), image, mask, ignore_index=None)
+        assert isinstance(moved_image, Image.Image) and moved_image.size == image.size
+        grey = torch.from_numpy(np.asarray(moved_image, np.float32).mean(-1))
+        marker = grey > (grey.max() + grey.min()) / 2
+        overlap = (marker & (moved == 1)).sum() / (marker | (moved == 1)).sum()
+        assert overlap > 0.9, f"seed {seed}: the mask left its marker (IoU {overlap:.2f})"
+
+
 def test_pixels_brought_in_by_a_transform_are_ignored_when_the_data_has_an_ignore_index():
     pixels, mask = square_scene()
     torch.manual_seed(0)

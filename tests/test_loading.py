@@ -9,6 +9,9 @@ import pytest
 import torch
 from torch.utils.data import BatchSampler, Dataset, SequentialSampler
 
+from vigil.core import data as core_data
+from vigil.core.data import TaskDataModule, resolve_pin_memory, resolve_workers
+from vigil.core.errors import ConfigError
 from vigil.core.loading import ResumableLoader, SampleKey, SeededSamples
 from vigil.core.randomness import RandomState, random_state, set_random_state
 from vigil.core.sampling import EpochShuffle
@@ -141,3 +144,58 @@ def test_set_random_state_restores_what_random_state_took():
     first = torch.rand(4)
     set_random_state(state)
     assert torch.equal(torch.rand(4), first)
+
+
+# --- workers and pinning chosen from the machine --------------------------------------------------
+
+
+class Squares(TaskDataModule):
+    """The smallest DataModule: every split the same 20 augmented indices."""
+
+    batch_type = None
+
+    def read(self) -> None:
+        pass
+
+    def dataset(self, split: str) -> Dataset:
+        return Augmented()
+
+    def collate(self, split: str):
+        return torch.stack
+
+    def audit(self, masking):
+        return None
+
+
+@pytest.mark.parametrize(
+    ("cpus", "ranks", "expected"), [(2, 1, 1), (16, 1, 8), (16, 2, 7), (8, 4, 1), (1, 1, 0), (4, 8, 0)]
+)
+def test_auto_workers_are_this_ranks_share_of_the_cpus_less_one(monkeypatch, cpus, ranks, expected):
+    monkeypatch.setattr(core_data, "available_cpus", lambda: cpus)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(ranks))
+    assert resolve_workers("auto") == expected
+    assert resolve_workers(3) == 3
+
+
+@pytest.mark.parametrize("bad", [-1, "four", 1.5, True])
+def test_a_worker_count_that_is_not_one_is_a_config_error(bad):
+    with pytest.raises(ConfigError, match=r"data\.num_workers"):
+        resolve_workers(bad)
+
+
+def test_auto_pin_memory_follows_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_pin_memory("auto") is True
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_pin_memory("auto") is False
+    assert resolve_pin_memory(True) is True
+    with pytest.raises(ConfigError, match=r"data\.pin_memory"):
+        resolve_pin_memory("yes")
+
+
+def test_only_the_training_loader_keeps_its_workers_between_passes(tmp_path):
+    data = Squares(tmp_path, batch_size=4, num_workers=2)
+    assert data.loader("train").persistent_workers
+    assert not data.loader("val").persistent_workers
+    assert not data.loader("test").persistent_workers
+    assert data.loader("val").num_workers == 2

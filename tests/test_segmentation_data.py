@@ -8,8 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
+from vigil.core import synthetic
 from vigil.core.errors import ConfigError, DataError
-from vigil.core.synthetic import COMPLETE_MARKER
+from vigil.core.synthetic import COMPLETE_MARKER, code_version
+from vigil.tasks.segmentation import data as data_module
 from vigil.tasks.segmentation.data import SegmentationDataModule, collate_segmentation
 from vigil.tasks.segmentation.masking import AllPixelsMasking, AnnotatedOnlyMasking
 from vigil.tasks.segmentation.records import SegmentationBatch
@@ -92,6 +94,16 @@ def test_generated_data_set_is_reused_once_complete(tmp_path):
     assert (second / COMPLETE_MARKER).stat().st_mtime_ns == marker
     assert json.loads((first / COMPLETE_MARKER).read_text())["num_images"] == 4
     assert [p.name for p in tmp_path.iterdir()] == [first.name]
+
+
+def test_a_changed_generator_writes_a_new_folder_instead_of_reusing_the_old(tmp_path, monkeypatch):
+    first = generated_root(tmp_path, SyntheticSegmentation(num_images=4, image_size=32))
+    assert json.loads((first / COMPLETE_MARKER).read_text())["code_version"] == code_version(SPEC)
+    # Another source of the generator's module is another code version.
+    monkeypatch.setattr(synthetic, "code_version", lambda spec: "edited")
+    second = generated_root(tmp_path, SyntheticSegmentation(num_images=4, image_size=32))
+    assert second != first
+    assert json.loads((second / COMPLETE_MARKER).read_text())["code_version"] == "edited"
 
 
 def test_datamodule_writes_and_reads_the_synthetic_set(tmp_path):
@@ -206,6 +218,19 @@ def test_mask_size_differs_from_image(root):
     error = setup_error(root)
     assert str(record.mask_path) in str(error)
     assert "16x16" in str(error) and "32x32" in str(error)
+
+
+def test_setup_reads_image_headers_and_decodes_only_the_masks(root, monkeypatch):
+    decoded = []
+    original = data_module.open_image
+    monkeypatch.setattr(
+        data_module, "open_image", lambda path, *a, **k: decoded.append(path) or original(path, *a, **k)
+    )
+    datamodule = make_datamodule(root)
+    datamodule.setup()
+    masks = {r.mask_path for records in datamodule.splits.values() for r in records if r.annotated}
+    assert set(decoded) == masks, "images are decoded when loaded, not at setup"
+    assert datamodule.audit(AnnotatedOnlyMasking()).splits["train"]["annotated"] > 0
 
 
 def test_corrupt_image_file(root):

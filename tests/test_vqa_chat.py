@@ -14,6 +14,7 @@ from vigil.core.errors import ConfigError
 from vigil.tasks.vqa.chat import ChatTemplateEncoder, prompt_encoder
 from vigil.tasks.vqa.data import VQADataModule
 from vigil.tasks.vqa.health import check_sample
+from vigil.tasks.vqa.images import open_for_processor, processor_size
 from vigil.tasks.vqa.masking import AnswerOnlyMasking, MultiTurnMasking
 from vigil.tasks.vqa.model import load_processor
 from vigil.tasks.vqa.prompts import SYSTEM_PROMPT, Encoding, PromptEncoder, Role, Turn
@@ -185,3 +186,14 @@ def test_tiny_qwen2_vl_with_the_chat_template_passes_the_audit_and_overfits(cli,
     audit = read_json(tmp_path / "audit.json")
     assert audit["errors"] == [] and audit["splits"]["train"]["answer_mismatches"] == 0
     assert audit["splits"]["train"]["image_tokens_mean"] == 16
+
+
+def test_qwen2_vl_images_decoded_at_the_processors_size_give_the_same_patch_grid(tmp_path: Path, processor):
+    path = tmp_path / "large.jpg"
+    Image.new("RGB", (1280, 1024), (180, 60, 60)).save(path)
+    prepared = open_for_processor(path, processor.image_processor)
+    assert prepared.size == processor_size(processor.image_processor, (1280, 1024))
+    assert prepared.width < 1280
+    full = processor.image_processor(images=[Image.open(path).convert("RGB")], return_tensors="pt")
+    small = processor.image_processor(images=[prepared], return_tensors="pt")
+    assert small["image_grid_thw"].tolist() == full["image_grid_thw"].tolist()

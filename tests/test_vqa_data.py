@@ -11,6 +11,7 @@ from PIL import Image
 
 from vigil.core.errors import ConfigError, DataError
 from vigil.core.files import RecordPolicy, seeded_split
+from vigil.tasks.vqa import data as data_module
 from vigil.tasks.vqa.answers import build_candidates
 from vigil.tasks.vqa.data import RecordReader, VQADataModule, check_disjoint, split_by_image
 from vigil.tasks.vqa.question_types import QUESTION_TYPES, QuestionTypeRules
@@ -297,3 +298,18 @@ def test_skip_policy_skips_and_counts_bad_records(tmp_path: Path):
         "malformed JSON": 1,
         "missing image file": 1,
     }
+
+
+def test_each_image_of_the_table_is_found_once_however_many_questions_ask_about_it(tmp_path: Path, monkeypatch):
+    write_images(tmp_path / "images", ["a.jpg", "b.jpg"])
+    with (tmp_path / "kvasir_vqa.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["img_id", "question", "answer", "source"])
+        writer.writerows([[img_id, "Is there text?", "no", "hyperkvasir"] for img_id in "ab" * 9])
+    resolved = []
+    original = data_module.resolve_under
+    monkeypatch.setattr(data_module, "resolve_under", lambda *args: resolved.append(args[1]) or original(*args))
+    records = reader(tmp_path).read_csv(tmp_path / "kvasir_vqa.csv")
+    assert len(records) == 18 and resolved == ["a.jpg", "b.jpg"]
+    images = {(tmp_path / "images" / name).resolve() for name in ("a.jpg", "b.jpg")}
+    assert {record.path for record in records} == images

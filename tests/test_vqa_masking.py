@@ -9,7 +9,9 @@ import torch
 from PIL import Image
 
 from vigil.core.files import RecordPolicy
+from vigil.tasks.vqa import health
 from vigil.tasks.vqa.health import audit_splits
+from vigil.tasks.vqa.images import open_for_processor, processor_size
 from vigil.tasks.vqa.masking import (
     IGNORE_INDEX,
     AnswerOnlyMasking,
@@ -163,3 +165,71 @@ def test_audit_warns_that_full_sequence_trains_the_prompt(tmp_path: Path, encode
     (warning,) = report.warnings
     assert warning.startswith("train: masking=FullSequenceMasking trains the prompt: ")
     assert report.splits["train"]["supervised_fraction_mean"] > 0.5
+
+
+# --- real size: prompts that do not grow with the data, an audit that reads each image once ----------------
+
+
+def test_a_type_with_more_candidates_than_listed_is_not_written_into_its_prompts(encoder):
+    image = encoder.image_segment(Image.new("RGB", (64, 64)))
+    many = tuple(f"colour {n}" for n in range(300))
+    bare = encoder.encode(image, [Turn("What color is it?", "colour 7", "color")])
+    unlisted = encoder.encode(image, [Turn("What color is it?", "colour 7", "color", many)])
+    listed = encoder.encode(image, [Turn("What color is it?", "colour 7", "color", many[:3])])
+    assert unlisted.input_ids == bare.input_ids
+    assert "Valid answers: colour 0, colour 1, colour 2" in text_of(encoder, listed.input_ids)
+
+
+def test_the_audit_says_which_types_candidates_are_not_listed(tmp_path: Path, encoder):
+    catalog = catalog_of(tmp_path, [TURNS])
+    catalog.candidates = {"color": tuple(f"c{n}" for n in range(40)), "yes_no": ("yes", "no")}
+    report = audit_splits(catalog, encoder, AnswerOnlyMasking(), max_length=256)
+    assert report.errors == []
+    assert report.splits["train"]["candidates_not_listed"] == {"color": 40}
+    (warning,) = report.warnings
+    assert warning.startswith("train: the candidates of color (40) are not listed in the prompts")
+
+
+def test_the_audit_reads_each_images_size_once(tmp_path: Path, encoder, monkeypatch):
+    read = []
+    monkeypatch.setattr(health, "image_size", lambda path, record=None: read.append(path) or (64, 64))
+    report = audit_splits(catalog_of(tmp_path, [TURNS] * 9), encoder, AnswerOnlyMasking(), max_length=256)
+    assert report.splits["train"]["samples"] == 9
+    assert read == [tmp_path / "a.png"]
+
+
+class CountingTokenizer:
+    """The tokenizer, counting the texts it is asked to tokenise."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer, self.calls = tokenizer, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.tokenizer(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.tokenizer, name)
+
+
+def test_texts_seen_before_are_not_tokenised_again(synthetic_cache: Path):
+    fresh = PromptEncoder(load_processor("tiny", synthetic_cache, None))
+    image = fresh.image_segment(Image.new("RGB", (64, 64)))
+    first = fresh.encode(image, TURNS)
+    counting = fresh.tokenizer = CountingTokenizer(fresh.tokenizer)
+    again = fresh.encode(image, TURNS)
+    assert again == first and counting.calls == 0
+
+
+def test_the_loader_decodes_at_the_processors_size_with_the_same_input_shape(tmp_path: Path, encoder):
+    path = tmp_path / "large.jpg"
+    Image.new("RGB", (720, 576), (180, 60, 60)).save(path)
+    image_processor = encoder.processor.image_processor
+    assert processor_size(image_processor, (720, 576)) == (80, 64)
+    prepared = open_for_processor(path, image_processor)
+    assert prepared.size == (80, 64)
+    full = encoder.image_segment(Image.open(path).convert("RGB"))
+    small = encoder.image_segment(prepared)
+    assert small[0] == full[0]
+    assert small[1]["pixel_values"].shape == full[1]["pixel_values"].shape
+    assert torch.allclose(small[1]["pixel_values"], full[1]["pixel_values"], atol=0.05)

@@ -8,6 +8,7 @@ LightningModule needs from the data and `image_files(split)` for the preflight's
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -19,10 +20,48 @@ from torch.utils.data import DataLoader, Dataset
 
 from vigil.core.batch import Batch
 from vigil.core.config import unpacks
+from vigil.core.errors import ConfigError
 from vigil.core.guardrails import AuditReport
 from vigil.core.loading import ResumableLoader, SeededSamples
 from vigil.core.sampling import EpochShuffle, evaluation_sampler
 from vigil.core.synthetic import ensure_synthetic, synthetic_folder
+
+# `auto` workers leave one core of each rank's share to the training process; more than this many rarely pays.
+MAX_AUTO_WORKERS = 8
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity, which a scheduler or container may restrict)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def local_ranks() -> int:
+    """Processes training on this machine: the launcher's LOCAL_WORLD_SIZE, else one per visible GPU, else one."""
+    if "LOCAL_WORLD_SIZE" in os.environ:
+        return max(1, int(os.environ["LOCAL_WORLD_SIZE"]))
+    return max(1, torch.cuda.device_count())
+
+
+def resolve_workers(num_workers: int | str) -> int:
+    """`data.num_workers`: a count, or `auto`: this rank's share of the machine's CPUs less one, at most
+    MAX_AUTO_WORKERS (0 when the share is a single CPU)."""
+    if num_workers == "auto":
+        return max(0, min(MAX_AUTO_WORKERS, available_cpus() // local_ranks() - 1))
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ConfigError(f"data.num_workers={num_workers!r}: give a count (0 loads in the training process) or auto")
+    return num_workers
+
+
+def resolve_pin_memory(pin_memory: bool | str) -> bool:
+    """`data.pin_memory`: true, false, or `auto`: pinned when a CUDA device is there to copy batches to."""
+    if pin_memory == "auto":
+        return torch.cuda.is_available()
+    if not isinstance(pin_memory, bool):
+        raise ConfigError(f"data.pin_memory={pin_memory!r}: give true, false or auto")
+    return pin_memory
 
 
 class SyntheticSpec(Protocol):
@@ -55,8 +94,8 @@ class TaskDataModule(pl.LightningDataModule, ABC):
         self,
         root: str | Path,
         batch_size: int,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        num_workers: int | str = 0,
+        pin_memory: bool | str = False,
         synthetic: dict[str, Any] | None = None,
         seed: int = 0,
     ) -> None:
@@ -65,8 +104,8 @@ class TaskDataModule(pl.LightningDataModule, ABC):
             raise TypeError(f"{type(self).__name__} declares no synthetic_type, so data.synthetic cannot be used")
         self.root = Path(root)
         self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
+        self.num_workers = resolve_workers(num_workers)
+        self.pin_memory = resolve_pin_memory(pin_memory)
         self.synthetic: SyntheticSpec | None = self.synthetic_type(**synthetic) if synthetic else None
         # Training order and augmentation draw from this (and the epoch), never from the global random state.
         self.seed = seed
@@ -133,8 +172,10 @@ class TaskDataModule(pl.LightningDataModule, ABC):
     def loader(self, split: str) -> DataLoader:
         """The DataLoader of `split`; val and test score every sample exactly once, in order, on every rank count.
 
-        Training uses a ResumableLoader (mid-epoch resume, seeded augmentation). Every loader has a generator of
-        its own, so making its iterator (which draws the worker seeds) leaves the global random state alone.
+        Training uses a ResumableLoader (mid-epoch resume, seeded augmentation) whose workers persist across
+        epochs; evaluation loaders start theirs at each pass and end them after it, so no idle worker holds memory
+        through training. Every loader has a generator of its own, so making its iterator (which draws the worker
+        seeds) leaves the global random state alone.
         """
         self.setup()
         return self.loader_of(split, self.dataset(split))
@@ -145,7 +186,7 @@ class TaskDataModule(pl.LightningDataModule, ABC):
             "collate_fn": self.collate(split),
             "num_workers": self.num_workers,
             "pin_memory": self.pin_memory,
-            "persistent_workers": self.num_workers > 0,
+            "persistent_workers": split == "train" and self.num_workers > 0,
             "generator": torch.Generator().manual_seed(self.seed),
         }
         if split == "train":

@@ -115,14 +115,13 @@ def crop_view(
     inverse = np.linalg.inv(matrix)
     # PIL maps each output pixel through the inverse affine to the input.
     crop = image.transform((size, size), Image.AFFINE, data=tuple(inverse[:2].flatten()), resample=Image.BILINEAR)
-    pixels = torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255).permute(2, 0, 1)
     points = torch.from_numpy(np.c_[instance.keypoints, np.ones(len(instance.keypoints))] @ matrix[:2].T)
     if augment is not None:
         # Crop pixels put pixel edges at integers, the convention of v2's affine for images and keypoints alike.
-        image_out, moved = augment(
-            tv_tensors.Image(pixels), tv_tensors.KeyPoints(points.float(), canvas_size=(size, size))
-        )
-        pixels, points = image_out.as_subclass(torch.Tensor), moved.as_subclass(torch.Tensor).double()
+        # The crop stays a PIL image: PIL's affine on 8-bit pixels costs a third of the float-tensor kernel's.
+        crop, moved = augment(crop, tv_tensors.KeyPoints(points.float(), canvas_size=(size, size)))
+        points = moved.as_subclass(torch.Tensor).double()
+    pixels = torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255).permute(2, 0, 1)
     points = points / size
     inside = ((points >= 0) & (points < 1)).all(dim=1)
     return View(

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from vigil.core.errors import ConfigError
 from vigil.tasks.vqa.prompts import (
+    MAX_LISTED_CANDIDATES,
     SYSTEM_PROMPT,
     AnswerFormat,
     Encoding,
@@ -44,6 +45,7 @@ def prompt_encoder(
     image_placeholder: str | None = None,
     show_candidates: bool = True,
     system_prompt: str = SYSTEM_PROMPT,
+    max_listed_candidates: int = MAX_LISTED_CANDIDATES,
 ) -> PromptEncoder:
     """The encoder of `prompt`: the processor's chat template (`auto` when it has one) or the plain template."""
     check_prompt(prompt)
@@ -54,8 +56,8 @@ def prompt_encoder(
             "(use data.prompt=plain)"
         )
     if prompt == "plain" or not has_template:
-        return PromptEncoder(processor, image_placeholder, show_candidates, system_prompt)
-    return ChatTemplateEncoder(processor, show_candidates, system_prompt)
+        return PromptEncoder(processor, image_placeholder, show_candidates, system_prompt, max_listed_candidates)
+    return ChatTemplateEncoder(processor, show_candidates, system_prompt, max_listed_candidates)
 
 
 def check_prompt(prompt: str) -> None:
@@ -70,8 +72,14 @@ class ChatTemplateEncoder(PromptEncoder):
     An empty `system_prompt` sends no system message (the template may then write its own default, as PROMPT).
     """
 
-    def __init__(self, processor: Any, show_candidates: bool = True, system_prompt: str = SYSTEM_PROMPT) -> None:
-        super().__init__(processor, processor.image_token, show_candidates, system_prompt)
+    def __init__(
+        self,
+        processor: Any,
+        show_candidates: bool = True,
+        system_prompt: str = SYSTEM_PROMPT,
+        max_listed_candidates: int = MAX_LISTED_CANDIDATES,
+    ) -> None:
+        super().__init__(processor, processor.image_token, show_candidates, system_prompt, max_listed_candidates)
         self.end_text, self.answer_format = self.find_answer_format()
 
     def encode(self, image: ImageSegment, turns: Sequence[Turn], final_answer: bool = True) -> Encoding:
@@ -85,7 +93,7 @@ class ChatTemplateEncoder(PromptEncoder):
             messages.append(text_message("system", self.system_prompt))
             rendered = self.add_piece(encoding, messages, rendered, Role.SYSTEM)
         for index, turn in enumerate(turns):
-            content = [{"type": "text", "text": question_text(turn, self.show_candidates)}]
+            content = [{"type": "text", "text": question_text(turn, self.lists_candidates(turn))}]
             first = index == 0
             messages.append({"role": "user", "content": [{"type": "image"}, *content] if first else content})
             rendered = self.add_piece(encoding, messages, rendered, Role.PROMPT, image_ids if first else None)
@@ -97,7 +105,7 @@ class ChatTemplateEncoder(PromptEncoder):
             after = self.render(messages)
             tail = self.after_answer(self.piece(rendered, after), turn.answer)
             answer_role = Role.FINAL_ANSWER if last else Role.ANSWER
-            self.append(encoding, self.answer_format.token_ids(self.tokenizer, turn.answer), answer_role)
+            self.append(encoding, self.answer_ids(turn.answer), answer_role)
             self.append(encoding, self.text_ids(tail), Role.PROMPT)
             rendered = after
         return encoding

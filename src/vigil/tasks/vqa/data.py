@@ -42,7 +42,6 @@ from vigil.core.files import (
     RecordPolicy,
     check_split_fractions,
     jsonl_lines,
-    open_image,
     parse_json_line,
     resolve_under,
     seeded_split,
@@ -51,9 +50,10 @@ from vigil.core.guardrails import AuditReport
 from vigil.tasks.vqa.answers import build_candidates, majority_answers, normalize_answer, question_prior_answers
 from vigil.tasks.vqa.chat import PromptName, check_prompt, prompt_encoder
 from vigil.tasks.vqa.health import audit_splits
+from vigil.tasks.vqa.images import open_for_processor
 from vigil.tasks.vqa.masking import VQAMasking
 from vigil.tasks.vqa.model import TinyLlava, load_processor
-from vigil.tasks.vqa.prompts import SYSTEM_PROMPT, PromptEncoder, Role, Turn
+from vigil.tasks.vqa.prompts import MAX_LISTED_CANDIDATES, SYSTEM_PROMPT, PromptEncoder, Role, Turn
 from vigil.tasks.vqa.question_types import QUESTION_TYPES, QuestionTypeRules
 from vigil.tasks.vqa.records import Catalog, VQABatch, VQAContext, VQARecord
 from vigil.tasks.vqa.synthetic import SyntheticVQA
@@ -90,7 +90,7 @@ class VQADataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         position, turns = self.items[index]
         record = self.records[position]
-        image = open_image(record.path)
+        image = open_for_processor(record.path, self.encoder.processor.image_processor, record.record)
         if self.jitter is not None:
             image = self.jitter(image)
         asked = record.turns[turns - 1]
@@ -178,10 +178,11 @@ class VQADataModule(TaskDataModule):
         candidates: dict[str, Sequence[str]] | None = None,
         candidates_min_count: int = 1,
         show_candidates: bool = True,
+        max_listed_candidates: int = MAX_LISTED_CANDIDATES,
         max_length: int = 512,
         batch_size: int = 16,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        num_workers: int | str = 0,
+        pin_memory: bool | str = False,
         augment: bool = True,
         on_error: OnError = "raise",
         synthetic: dict[str, Any] | None = None,
@@ -207,6 +208,7 @@ class VQADataModule(TaskDataModule):
         self.configured_candidates = {name: list(values) for name, values in (candidates or {}).items()}
         self.candidates_min_count = candidates_min_count
         self.show_candidates = show_candidates
+        self.max_listed_candidates = max_listed_candidates
         self.max_length = max_length
         self.augment = augment
         self.on_error = on_error
@@ -218,7 +220,12 @@ class VQADataModule(TaskDataModule):
         self.catalog = self.read_catalog()
         processor = load_processor(self.checkpoint, self.cache_dir, self.tiny, self.processor_kwargs)
         self.encoder = prompt_encoder(
-            processor, self.prompt, self.image_placeholder, self.show_candidates, self.system_prompt
+            processor,
+            self.prompt,
+            self.image_placeholder,
+            self.show_candidates,
+            self.system_prompt,
+            self.max_listed_candidates,
         )
 
     def read_catalog(self) -> Catalog:
@@ -295,6 +302,9 @@ class RecordReader:
         self.policy = policy
         self.root = root
         self.image_root = image_root
+        # Each image is asked about several times (Kvasir-VQA: nine questions per image): its file is found once.
+        self.found: dict[str, Path] = {}
+        self.file_of_id: dict[str, str] = {}
 
     def read_jsonl(self, path: Path) -> list[VQARecord]:
         """One record per non-empty line; a line that is not a JSON object is a DataError naming it."""
@@ -380,12 +390,15 @@ class RecordReader:
 
     def image_path(self, path: Path, where: str, image: str) -> Path:
         """The record's image file under the image root; one escaping it or missing is a DataError."""
+        if image in self.found:
+            return self.found[image]
         resolved = resolve_under(self.image_root, image, path, where)
         if not resolved.is_file():
             folder = self.image_root.relative_to(self.root) if self.image_root.is_relative_to(self.root) else ""
             raise DataError(
                 path, where, f"missing image file: {folder}/{image} not found", "add the image, or fix data.image_dir"
             )
+        self.found[image] = resolved
         return resolved
 
     def read_csv(self, path: Path) -> list[VQARecord]:
@@ -416,9 +429,10 @@ class RecordReader:
         if not img_id:
             raise DataError(path, where, "no img_id", "give the row its image id")
         turn = self.single_turn(path, where, {"question": row["question"], "answer": row["answer"]})
-        image = next(
+        image = self.file_of_id.get(img_id) or next(
             (img_id + s for s in IMAGE_SUFFIXES if (self.image_root / (img_id + s)).is_file()), img_id + ".jpg"
         )
+        self.file_of_id[img_id] = image
         record_id = f"{img_id}:{where.removeprefix('line ')}"
         return VQARecord(record_id, image, self.image_path(path, where, image), (turn,), path, where)
 

@@ -33,6 +33,12 @@ from PIL import Image
 # What a processor returns per token rather than per image (the model derives modality ids from the tokens).
 TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
 SYSTEM_PROMPT = "You are a surgical VQA assistant. Answer concisely with only the final answer."
+# A closed type with more candidates than this is not listed in its prompts ("Valid answers: ..."): real data
+# gives free-text closed types hundreds of distinct answers, and listing them all would make every prompt grow
+# with the data. Constrained decoding still keeps answers to the whole list.
+MAX_LISTED_CANDIDATES = 16
+# Texts whose tokens are kept: the template's constant pieces, question templates and frequent answers.
+TOKEN_CACHE_SIZE = 16384
 
 
 class Role(IntEnum):
@@ -118,7 +124,8 @@ class PromptEncoder:
     """Tokenises conversations about an image into the template, segment by segment, with a role per token.
 
     `image_placeholder` is the text the processor expands into image tokens (LLaVA: `<image>`; Qwen2-VL:
-    `<|vision_start|><|image_pad|><|vision_end|>`); None takes the processor's `image_token`.
+    `<|vision_start|><|image_pad|><|vision_end|>`); None takes the processor's `image_token`. A turn's candidates
+    are listed when `show_candidates` is set and there are at most `max_listed_candidates` of them.
     """
 
     def __init__(
@@ -127,13 +134,20 @@ class PromptEncoder:
         image_placeholder: str | None = None,
         show_candidates: bool = True,
         system_prompt: str = SYSTEM_PROMPT,
+        max_listed_candidates: int = MAX_LISTED_CANDIDATES,
     ) -> None:
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.image_placeholder = image_placeholder or processor.image_token
         self.show_candidates = show_candidates
+        self.max_listed_candidates = max_listed_candidates
         self.system_prompt = system_prompt
+        self.token_cache: dict[str, list[int]] = {}
         self.answer_format = plain_answer_format(self.tokenizer)
+
+    def lists_candidates(self, turn: Turn) -> bool:
+        """Whether the turn's prompt lists its candidates: shown, and few enough to list."""
+        return self.show_candidates and len(turn.candidates) <= self.max_listed_candidates
 
     def encode(self, image: ImageSegment, turns: Sequence[Turn], final_answer: bool = True) -> Encoding:
         """The sequence of `turns` about an image (its `image_segment`); without `final_answer` it ends at the last
@@ -149,12 +163,16 @@ class PromptEncoder:
             self.append(encoding, self.text_ids("User: " if index == 0 else "\nUser: "), Role.PROMPT)
             if index == 0:
                 self.append(encoding, image_ids, Role.IMAGE)
-            self.append(encoding, self.text_ids(prompt_text(turn, self.show_candidates)), Role.PROMPT)
+            self.append(encoding, self.text_ids(prompt_text(turn, self.lists_candidates(turn))), Role.PROMPT)
             if last and not final_answer:
                 break
             answer_role = Role.FINAL_ANSWER if last else Role.ANSWER
-            self.append(encoding, self.answer_format.token_ids(self.tokenizer, turn.answer), answer_role)
+            self.append(encoding, self.answer_ids(turn.answer), answer_role)
         return encoding
+
+    def answer_ids(self, answer: str) -> list[int]:
+        """The tokens of an answer segment, end token included (`AnswerFormat.token_ids`)."""
+        return [*self.text_ids(self.answer_format.prefix + answer), self.answer_format.end_id]
 
     def image_segment(self, image: Image.Image) -> ImageSegment:
         """The processor's expansion of the image placeholder (token ids) and its image tensors."""
@@ -165,8 +183,14 @@ class PromptEncoder:
         return output["input_ids"][0].tolist(), image_inputs
 
     def text_ids(self, text: str) -> list[int]:
-        """A text segment's tokens, without the special tokens the tokenizer would add around a whole text."""
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        """A text segment's tokens, without the special tokens the tokenizer would add around a whole text; the
+        tokens of texts seen before are reused (a record repeats the template's constant pieces)."""
+        ids = self.token_cache.get(text)
+        if ids is None:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(self.token_cache) < TOKEN_CACHE_SIZE:
+                self.token_cache[text] = ids
+        return list(ids)
 
     @staticmethod
     def append(encoding: Encoding, ids: list[int], role: Role) -> None:
