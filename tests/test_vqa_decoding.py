@@ -128,3 +128,33 @@ def test_select_rows_takes_token_rows_and_their_images(batch):
     assert set(selected) == set(batch.model_inputs())
     assert torch.equal(selected["input_ids"], batch.input_ids[[2, 0]])
     assert torch.equal(selected["pixel_values"], batch.pixel_values[[2, 0]])
+
+
+def test_a_batch_answers_each_question_as_it_is_answered_alone(model, batch):
+    # The open question shares the generate call with candidates deeper than its own token budget.
+    torch.manual_seed(3)
+    with torch.no_grad():
+        model.model.lm_head.weight.normal_(0, 1)
+    decoder = Decoder("constrained", max_new_tokens=2)
+    together = decoder(model, batch)
+    alone = [decoder(model, select_batch(batch, row))[0] for row in range(len(batch))]
+    assert together == alone
+
+
+def select_batch(batch: VQABatch, row: int) -> VQABatch:
+    """Row `row` of a left-padded batch as a batch of one, its padding removed."""
+    keep = batch.attention_mask[row].bool()
+    images = batch.pixel_values[row : row + 1]
+    return VQABatch(
+        input_ids=batch.input_ids[row : row + 1, keep],
+        attention_mask=batch.attention_mask[row : row + 1, keep],
+        pixel_values=images,
+        image_grid_thw=None,
+        token_role=batch.token_role[row : row + 1, keep],
+        answer=batch.answer[row : row + 1],
+        question_type=batch.question_type[row : row + 1],
+        candidates=batch.candidates[row : row + 1],
+        id=batch.id[row : row + 1],
+        question=batch.question[row : row + 1],
+        image=batch.image[row : row + 1],
+    )

@@ -112,7 +112,13 @@ class Decoder:
             prefix_allowed_tokens_fn=allowed_fn,
             end_token_id=answer_format.end_id,
         )
-        return [answer_from_tokens(tokenizer, tokens, answer_format.end_id) for tokens in new_tokens.tolist()]
+        # One generate call runs every row to the deepest candidate; a free row keeps only its own budget, so its
+        # answer is the one it gets asked alone (greedy decoding is causal: its first tokens are the same).
+        budgets = [max_new_tokens if trie is not None else self.max_new_tokens for trie in tries]
+        return [
+            answer_from_tokens(tokenizer, tokens[:budget], answer_format.end_id)
+            for tokens, budget in zip(new_tokens.tolist(), budgets, strict=True)
+        ]
 
     def trie(self, tokenizer: Any, answer_format: AnswerFormat, candidates: tuple[str, ...]) -> AnswerTrie:
         """The (cached) token trie of a candidate set."""
