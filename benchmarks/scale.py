@@ -3,10 +3,14 @@
 For each task and each size (a fraction of the real data set: 10%, 30%, 100% by default), on the corpora of
 `scale_data.py` (real formats, real image sizes, cached under `outputs/cache`):
 - `vigil-audit` wall seconds and the peak resident memory of its process tree;
-- `vigil-train` seconds to the first training step and the peak resident memory of the whole process tree
-  (loader workers included) over a short run with the real-data preset's defaults;
+- `vigil-train` seconds to the first training step and the peak memory of the whole process tree (loader
+  workers included) over a short run with the real-data preset's defaults: resident (RSS, which counts pages
+  the workers share with their parent once in each) and proportional (PSS, shared pages divided among those
+  who share them: what the tree really holds);
+- the leakage check's perceptual hashing of every image, with an empty hash cache;
 - the training DataLoader's samples/s against a plain loop that decodes the same files with PIL and resizes them
-  to the same input size (the limit a loader can reach here), with 0 and 2 workers.
+  to the same input size with the loader's resampling filter (the limit a loader can reach here), with 0 and 2
+  workers.
 Each cost is then judged linear or not in the data size: its growth from the smallest to the largest size
 against the data's growth.
 """
@@ -32,9 +36,11 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.functional import pil_modes_mapping
 
 from benchmarks.common import REPO_ROOT, Row
 from benchmarks.scale_data import TASKS, corpus_root
+from vigil.core.leakage import split_leakage
 
 NAME = "scale"
 CACHE = REPO_ROOT / "outputs" / "cache"
@@ -58,10 +64,12 @@ LINEAR_SLACK = 1.25
 
 @dataclass
 class Measured:
-    """Wall seconds and peak resident bytes of one command's process tree, its exit status and its output."""
+    """Wall seconds, peak resident and proportional bytes of one command's process tree, its exit status and its
+    output."""
 
     seconds: float
     peak_rss: int
+    peak_pss: int
     returncode: int
     stdout: str
 
@@ -73,37 +81,39 @@ class Measured:
         return f"exit {self.returncode}: {lines[-1][:160] if lines else ''}"
 
 
-def tree_rss(process: psutil.Process) -> int:
-    """Resident bytes of a process and all its descendants."""
-    total = 0
+def tree_memory(process: psutil.Process) -> tuple[int, int]:
+    """Resident and proportional bytes of a process and all its descendants."""
+    rss = pss = 0
     for member in [process, *process.children(recursive=True)]:
         try:
-            total += member.memory_info().rss
+            memory = member.memory_full_info()
         except psutil.Error:
             continue
-    return total
+        rss, pss = rss + memory.rss, pss + memory.pss
+    return rss, pss
 
 
 def measure(command: Sequence[str]) -> Measured:
-    """Run `command`, sampling its process tree's resident memory every 50 ms."""
+    """Run `command`, sampling its process tree's memory every 100 ms."""
     start = time.perf_counter()
     process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    watched, peak, done = psutil.Process(process.pid), [0], threading.Event()
+    watched, peak, done = psutil.Process(process.pid), [0, 0], threading.Event()
 
     def sample() -> None:
         while not done.is_set():
             try:
-                peak[0] = max(peak[0], tree_rss(watched))
+                rss, pss = tree_memory(watched)
             except psutil.Error:
                 return
-            time.sleep(0.05)
+            peak[:] = max(peak[0], rss), max(peak[1], pss)
+            time.sleep(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     stdout, _ = process.communicate()
     done.set()
     sampler.join()
-    return Measured(time.perf_counter() - start, peak[0], process.returncode, stdout)
+    return Measured(time.perf_counter() - start, peak[0], peak[1], process.returncode, stdout)
 
 
 def script(name: str) -> list[str]:
@@ -138,38 +148,53 @@ def composed(task: str, root: Path, extra: Sequence[str]) -> tuple[Any, Any]:
     return config, data
 
 
-def sample_files(task: str, data: Any) -> tuple[list[list[Path]], tuple[int, int]]:
-    """The files one training sample decodes, per sample, and the size the loader resizes them to."""
+@dataclass
+class SampleFiles:
+    """The files one training sample decodes, per sample, the size the loader resizes them to and its PIL
+    resampling filter."""
+
+    files: list[list[Path]]
+    size: tuple[int, int]
+    resample: int = Image.BILINEAR
+
+
+def sample_files(task: str, data: Any) -> SampleFiles:
+    """What the training loader of `task` decodes and how it resizes it."""
     if task == "seg":
         files = [[r.image_path, *([r.mask_path] if r.annotated else [])] for r in data.splits["train"]]
-        return files, data.image_size[::-1]
+        return SampleFiles(files, data.image_size[::-1])
     if task == "contrastive":
-        size = data.dataset("train").transform.transforms[0].size
-        side = size if isinstance(size, int) else size[0]
-        return [[path] for path in data.image_files("train")], (side, side)
+        crop = data.dataset("train").transform.transforms[0]
+        side = crop.size if isinstance(crop.size, int) else crop.size[0]
+        interpolation = crop.interpolation
+        # timm's random-resized crop may draw its filter per sample; the plain loop takes the first.
+        interpolation = interpolation[0] if isinstance(interpolation, list | tuple) else interpolation
+        resample = pil_modes_mapping[interpolation]
+        return SampleFiles([[path] for path in data.image_files("train")], (side, side), resample)
     if task == "cape":
         paths = [instance.path for instance in data.files["train"].instances]
         group = data.shots + 1
-        return [paths[i : i + group] for i in range(0, len(paths) - group + 1, group)], (data.image_size,) * 2
-    side = data.encoder.processor.image_processor.crop_size["height"]
-    return [[record.path] for record in data.catalog.splits["train"]], (side, side)
+        groups = [paths[i : i + group] for i in range(0, len(paths) - group + 1, group)]
+        return SampleFiles(groups, (data.image_size,) * 2)
+    processor = data.encoder.processor.image_processor
+    side = processor.crop_size["height"]
+    return SampleFiles([[record.path] for record in data.catalog.splits["train"]], (side, side))
 
 
 class PlainImages(Dataset):
     """The plain pipeline: decode each file of a sample with PIL and resize it, as a float tensor."""
 
-    def __init__(self, files: list[list[Path]], size: tuple[int, int]) -> None:
-        self.files = files
-        self.size = size
+    def __init__(self, samples: SampleFiles) -> None:
+        self.samples = samples
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.samples.files)
 
     def __getitem__(self, index: int) -> list[torch.Tensor]:
         tensors = []
-        for path in self.files[index]:
+        for path in self.samples.files[index]:
             with Image.open(path) as image:
-                resized = image.convert("RGB").resize(self.size, Image.BILINEAR)
+                resized = image.convert("RGB").resize(self.samples.size, self.samples.resample)
             tensors.append(torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1).float())
         return tensors
 
@@ -198,14 +223,24 @@ def samples_per_second(loader: DataLoader, batch_size: int) -> float:
 
 def loader_ratios(task: str, data: Any) -> dict[int, tuple[float, float]]:
     """(vigil's training loader, the plain loop) samples/s by worker count."""
-    files, size = sample_files(task, data)
+    samples = sample_files(task, data)
     results = {}
     for workers in (0, 2):
         data.num_workers = workers
         ours = samples_per_second(data.train_dataloader(), data.batch_size)
-        plain = DataLoader(PlainImages(files, size), data.batch_size, shuffle=True, num_workers=workers)
+        plain = DataLoader(PlainImages(samples), data.batch_size, shuffle=True, num_workers=workers)
         results[workers] = (ours, samples_per_second(plain, data.batch_size))
     return results
+
+
+def hashing_seconds(data: Any) -> tuple[float, int]:
+    """Seconds the leakage check takes to hash every image of every split with an empty cache, and how many."""
+    files = {split: data.image_files(split) for split in ("train", "val", "test")}
+    with tempfile.TemporaryDirectory(prefix="vigil-scale-hashes-") as cache:
+        start = time.perf_counter()
+        split_leakage(files, data.data_root, Path(cache), max_distance=10)
+        seconds = time.perf_counter() - start
+    return seconds, len({path for paths in files.values() for path in paths})
 
 
 def records(task: str, root: Path) -> int:
@@ -246,12 +281,16 @@ def scale_rows(task: str, fraction: float, extra: Sequence[str]) -> tuple[int, d
     first_step, trained = train(task, root, extra)
     print(f"[scale] {label}: loaders ...", file=sys.stderr, flush=True)
     config, data = composed(task, root, extra)
+    print(f"[scale] {label}: image hashes ...", file=sys.stderr, flush=True)
+    hashing, hashed = hashing_seconds(data)
     loaders = loader_ratios(task, data)
     costs = {
         "audit s": audited.seconds if not audited.returncode else math.nan,
         "first step s": first_step,
+        "leakage hashing s": hashing,
         "audit peak RSS": audited.peak_rss / 2**30,
         "train peak RSS": trained.peak_rss / 2**30,
+        "train peak PSS": trained.peak_pss / 2**30,
     }
     print(f"[scale] {label}: audit {audited.seconds:.1f}s, first step {first_step:.1f}s, {loaders}", file=sys.stderr)
     unit = "instances" if task == "cape" else "images"
@@ -262,6 +301,8 @@ def scale_rows(task: str, fraction: float, extra: Sequence[str]) -> tuple[int, d
         Row(NAME, f"{label} audit peak RSS", audited.peak_rss / 2**30, "GiB"),
         Row(NAME, f"{label} first step", first_step, "s", "<= 60 at 100%", train_note),
         Row(NAME, f"{label} train peak RSS (tree)", trained.peak_rss / 2**30, "GiB"),
+        Row(NAME, f"{label} train peak PSS (tree)", trained.peak_pss / 2**30, "GiB"),
+        Row(NAME, f"{label} leakage hashing, empty cache", hashing, "s", "", f"{hashed} images"),
     ]
     for workers, (ours, plain) in loaders.items():
         note = f"{ours:.1f} vs plain {plain:.1f} samples/s"

@@ -11,6 +11,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from PIL import Image
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from vigil.core.augmentation import augmentation_pipeline
@@ -69,6 +70,29 @@ def test_a_pil_image_moves_with_its_mask_and_comes_back_a_pil_image():
         marker = grey > (grey.max() + grey.min()) / 2
         overlap = (marker & (moved == 1)).sum() / (marker | (moved == 1)).sum()
         assert overlap > 0.9, f"seed {seed}: the mask left its marker (IoU {overlap:.2f})"
+
+
+def test_a_pil_images_mask_is_resampled_exactly_as_the_image():
+    # The image is its own mask (class c drawn as grey 100 c); nearest-neighbour moves must agree pixel for pixel.
+    mask = torch.zeros(60, 70, dtype=torch.long)
+    mask[10:40, 8:50], mask[42:55, 30:36] = 1, 2
+    image = Image.fromarray(np.repeat((mask.numpy() * 100).astype(np.uint8)[..., None], 3, axis=2))
+    moves = v2.Compose([v2.RandomAffine(degrees=15, translate=(0.1, 0.1), scale=(0.75, 1.25)), v2.RandomRotation(20)])
+    for seed in SEEDS:
+        torch.manual_seed(seed)
+        moved_image, moved = augmented(moves, image, mask, ignore_index=None)
+        assert moved.dtype == torch.long and moved.shape == mask.shape
+        assert torch.equal(torch.from_numpy(np.asarray(moved_image)[..., 0] // 100).long(), moved), f"seed {seed}"
+
+
+def test_a_mask_beyond_eight_bits_takes_the_tensor_kernel():
+    mask = torch.zeros(30, 40, dtype=torch.long)
+    mask[5:20, 5:30] = 300
+    image = Image.fromarray(np.zeros((30, 40, 3), np.uint8))
+    torch.manual_seed(0)
+    _, moved = augmented(v2.Compose([v2.RandomAffine(degrees=(30, 30))]), image, mask, ignore_index=None)
+    expected = v2.functional.affine(tv_tensors.Mask(mask), 30.0, [0, 0], 1.0, [0.0, 0.0])
+    assert torch.equal(moved, expected.as_subclass(torch.Tensor))
 
 
 def test_pixels_brought_in_by_a_transform_are_ignored_when_the_data_has_an_ignore_index():

@@ -10,7 +10,7 @@ import timm
 import torch
 from PIL import Image
 
-from vigil.core.files import IMAGENET, Normalization, denormalize, normalize, timm_normalization
+from vigil.core.files import IMAGENET, Normalization, denormalize, image_input, normalize, timm_normalization
 from vigil.tasks.cape.data import CapeDataModule
 from vigil.tasks.segmentation.data import SegmentationDataModule
 from vigil.tasks.segmentation.model import encoder_normalization
@@ -34,6 +34,15 @@ def test_input_range_and_statistics_are_applied_and_undone():
     )
     assert torch.allclose(normalize(pixels, normalization), expected)
     assert torch.allclose(denormalize(normalize(pixels, normalization), normalization), pixels, atol=1e-5)
+
+
+@pytest.mark.parametrize("normalization", [IMAGENET, Normalization((0.5, 0.4, 0.3), (0.2, 0.25, 0.5), (0.0, 255.0))])
+def test_an_eight_bit_image_becomes_the_normalised_input_in_one_step(normalization: Normalization):
+    pixels = np.random.default_rng(0).integers(0, 256, (7, 9, 3), dtype=np.uint8)
+    expected = normalize(torch.from_numpy(pixels).permute(2, 0, 1).float() / 255, normalization)
+    result = image_input(Image.fromarray(pixels), normalization)
+    assert result.dtype == torch.float32 and result.is_contiguous()
+    assert torch.allclose(result, expected, atol=1e-4 * float(expected.abs().max()))
 
 
 def test_segmentation_samples_use_the_encoders_statistics(tmp_path: Path):

@@ -3,6 +3,10 @@
 The hash is 256 bits (`hash_size=16`): the common 64-bit pHash gives plain scenes with one centred object
 (as the embedded synthetic data sets draw them) identical hashes, however different their objects.
 
+pHash shrinks the image to 64 x 64 grey levels first, so a JPEG is decoded straight to grey at the smallest DCT
+scale that keeps it above that size (`Image.draft`): 2-4x faster than a full colour decode (full-size Flickr30k:
+43 s against 90-166 s for its 31,783 images here), hashes within a few bits of the full decode's.
+
 Video frames (Kvasir-SEG with CVC-ClinicDB) and re-uploaded photos (Flickr30k) put near-identical images in
 different splits, which inflates every held-out score. Hashes are cached per file (by size and modification
 time) in one JSON file per data root under the cache folder, so a data set is hashed once.
@@ -24,6 +28,9 @@ from vigil.core.files import open_image
 HASH_FOLDER = "image_hashes"
 HASH_SIZE = 16
 HASH_BITS = HASH_SIZE * HASH_SIZE
+# pHash's own shrink (hash size x its high-frequency factor 4); the cache file names how hashes were made.
+HASH_INPUT = (HASH_SIZE * 4, HASH_SIZE * 4)
+HASH_METHOD = f"phash{HASH_SIZE}-grey-draft"
 
 
 def split_leakage(
@@ -67,7 +74,7 @@ class HashCache:
 
     def __init__(self, cache_dir: Path, root: Path) -> None:
         digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
-        self.path = cache_dir / HASH_FOLDER / f"{digest}.json"
+        self.path = cache_dir / HASH_FOLDER / f"{digest}-{HASH_METHOD}.json"
         self.entries: dict[str, list] = json.loads(self.path.read_text()) if self.path.is_file() else {}
         self.changed = False
 
@@ -80,7 +87,8 @@ class HashCache:
             key, stamp = str(path.resolve()), [stat.st_size, stat.st_mtime_ns]
             entry = self.entries.get(key)
             if entry is None or entry[:2] != stamp:
-                entry = [*stamp, str(imagehash.phash(open_image(path), hash_size=HASH_SIZE))]
+                image = open_image(path, "L", draft=HASH_INPUT)
+                entry = [*stamp, str(imagehash.phash(image, hash_size=HASH_SIZE))]
                 self.entries[key] = entry
                 self.changed = True
             values[index] = np.frombuffer(bytes.fromhex(entry[2]), dtype=">u8")

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset, Sampler
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from vigil.core.files import IMAGENET, Normalization, normalize, open_image
+from vigil.core.files import IMAGENET, Normalization, image_input, open_image
 from vigil.tasks.cape.records import Category, Instance
 
 
@@ -121,11 +121,10 @@ def crop_view(
         # The crop stays a PIL image: PIL's affine on 8-bit pixels costs a third of the float-tensor kernel's.
         crop, moved = augment(crop, tv_tensors.KeyPoints(points.float(), canvas_size=(size, size)))
         points = moved.as_subclass(torch.Tensor).double()
-    pixels = torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255).permute(2, 0, 1)
     points = points / size
     inside = ((points >= 0) & (points < 1)).all(dim=1)
     return View(
-        image=normalize(pixels, normalization),
+        image=image_input(crop, normalization),
         keypoints=points.float(),
         visibility=torch.where(inside, torch.from_numpy(instance.visibility), 0),
         crop_to_original=torch.from_numpy((inverse @ np.diag([size, size, 1.0]))[:2].astype(np.float32)),
