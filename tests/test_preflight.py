@@ -220,7 +220,7 @@ def test_chance_values_are_the_closed_forms(synthetic_cache: Path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task", ["segmentation", "contrastive", "cape"])
+@pytest.mark.parametrize("task", list(TASKS))
 def test_blind_baseline_warns_when_images_reach_the_model_blank(task: str, synthetic_cache: Path):
     clean = build(task, synthetic_cache)
     settings = clean.settings
