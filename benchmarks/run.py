@@ -72,6 +72,13 @@ def scale(args: argparse.Namespace) -> list[Row]:
     return run(args)
 
 
+def preflight(args: argparse.Namespace) -> list[Row]:
+    """What the preflight adds to each task's default run on the embedded data (minutes: four whole runs)."""
+    from benchmarks.preflight_cost import preflight_cost as run
+
+    return run(args)
+
+
 BENCHMARKS: list[tuple[str, Benchmark]] = [
     ("train_step", train_step),
     ("startup", startup),
@@ -80,9 +87,10 @@ BENCHMARKS: list[tuple[str, Benchmark]] = [
     ("pck", pck),
     ("loader", loader),
     ("scale", scale),
+    ("preflight", preflight),
 ]
 # Long: run only when named (`--only scale`).
-ON_REQUEST = {"scale"}
+ON_REQUEST = {"scale", "preflight"}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -103,6 +111,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--scale-sizes", default="0.1,0.3,1.0", help="scale: fractions of the real sizes")
     parser.add_argument("--scale-tasks", default="seg,contrastive,cape,vqa", help="scale: the tasks measured")
+    parser.add_argument(
+        "--preflight-tasks", default="segmentation,contrastive,cape,vqa", help="preflight: the tasks whose run is timed"
+    )
     parser.add_argument("--scale-overrides", nargs="*", default=[], help="scale: overrides for every command")
     out = REPO_ROOT / "outputs" / "bench" / "results.json"
     parser.add_argument("--out", type=Path, default=out, help="where the JSON results go (default outputs/bench/)")
