@@ -221,15 +221,18 @@ def samples_per_second(loader: DataLoader, batch_size: int) -> float:
     return LOADER_BATCHES * batch_size / seconds
 
 
-def loader_ratios(task: str, data: Any) -> dict[int, tuple[float, float]]:
-    """(vigil's training loader, the plain loop) samples/s by worker count."""
+def loader_ratios(task: str, data: Any) -> dict[str, tuple[float, float]]:
+    """(vigil's training loader, the plain loop) samples/s by worker count, and with no workers and the
+    augmentation off (what the loader's own machinery costs, beside the augmentation's work)."""
     samples = sample_files(task, data)
     results = {}
-    for workers in (0, 2):
-        data.num_workers = workers
+    for workers, augment in ((0, data.augment), (2, data.augment), (0, False if data.augment is True else None)):
+        data.num_workers, kept, data.augment = workers, data.augment, augment
+        label = f"{workers} workers" if augment is kept else f"{workers} workers, no augmentation"
         ours = samples_per_second(data.train_dataloader(), data.batch_size)
+        data.augment = kept
         plain = DataLoader(PlainImages(samples), data.batch_size, shuffle=True, num_workers=workers)
-        results[workers] = (ours, samples_per_second(plain, data.batch_size))
+        results[label] = (ours, samples_per_second(plain, data.batch_size))
     return results
 
 
@@ -306,7 +309,7 @@ def scale_rows(task: str, fraction: float, extra: Sequence[str]) -> tuple[int, d
     ]
     for workers, (ours, plain) in loaders.items():
         note = f"{ours:.1f} vs plain {plain:.1f} samples/s"
-        rows.append(Row(NAME, f"{label} loader / plain, {workers} workers", ours / plain, "x", ">= 0.9", note))
+        rows.append(Row(NAME, f"{label} loader / plain, {workers}", ours / plain, "x", ">= 0.9", note))
     if task == "vqa":
         print(f"[scale] {label}: generation ...", file=sys.stderr, flush=True)
         rows += generation_rows(label, config, data)
