@@ -6,8 +6,10 @@ import csv
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from conftest import TINY, read_json
+from PIL import Image
 from wandb_records import logged
 
 
@@ -171,7 +173,6 @@ def test_audit_cli_prints_the_report_and_exits_zero_on_good_data(cli, tmp_path: 
 
 
 def test_audit_cli_exits_nonzero_when_every_mask_is_empty(cli, tmp_path: Path):
-    from PIL import Image
 
     root = tmp_path / "empty_masks"
     (root / "images").mkdir(parents=True)
@@ -196,6 +197,26 @@ def test_bad_data_is_one_line_naming_the_file(cli, tmp_path: Path):
         f"DataError: {root / 'images' / 'broken.jpg'}: cannot be decoded as an image: "
         f"cannot identify image file '{root / 'images' / 'broken.jpg'}' (replace or remove the file)"
     )
+
+
+def test_an_image_damaged_past_its_header_is_one_line_from_a_loader_worker(cli, tmp_path: Path):
+    # The header is read at setup, the pixels only when a worker loads the sample: torch re-raises the worker's
+    # error in the training process, which must still print the one line.
+    root = tmp_path / "damaged"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    noise = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    for index in range(8):
+        Image.fromarray(noise[index]).save(root / "images" / f"{index}.jpg", quality=95)
+        Image.new("L", (32, 32), index % 2).save(root / "masks" / f"{index}.png")
+    damaged = root / "images" / "3.jpg"
+    # Header and tables kept, the end of the scan cut off.
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size * 2 // 3])
+    result = cli("train", "data=folder", f"data.root={root}", "data.num_workers=1", "data.image_size=[32,32]",
+                 "debug=fast", "logger=none", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"DataError: {damaged}: cannot be decoded as an image: "), result.stderr
+    assert result.stderr.count("\n") == 1, "one line, not the worker's traceback"
 
 
 def test_masking_ablation_warns_that_unannotated_images_become_empty_masks(cli, tmp_path: Path):

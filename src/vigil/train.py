@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from pathlib import Path
 
 import hydra
@@ -15,6 +16,9 @@ from vigil.core.overrides import checks_command_line
 from vigil.core.slurm import run_folder
 
 log = logging.getLogger(__name__)
+# Lightning still tests `isinstance(spec, LeafSpec)`, which torch deprecates: a warning in every run and loader
+# worker that says nothing about the run.
+warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 # `hydra.run.dir` names a SLURM job's run by its job id, so a requeued job finds its run directory again.
 OmegaConf.register_new_resolver("vigil_run_folder", run_folder, replace=True)

@@ -17,15 +17,34 @@ class ConfigError(VigilError):
 
 
 class DataError(VigilError):
-    """Bad input data: `<file>:<record>: <what is wrong> (<what to do>)`."""
+    """Bad input data: `<file>:<record>: <what is wrong> (<what to do>)`.
 
-    def __init__(self, file: object, record: object | None, what: str, todo: str) -> None:
+    Raised in a DataLoader worker, it reaches the training process as torch re-raises it: `DataError(text)`,
+    with the worker's traceback around the line; the one-argument form keeps the line alone.
+    """
+
+    def __init__(self, file: object, record: object | None = None, what: str | None = None, todo: str = "") -> None:
+        if what is None:
+            super().__init__(raised_line(str(file), type(self).__name__))
+            self.file, self.record, self.what, self.todo = str(self), None, str(self), ""
+            return
         self.file = str(file)
         self.record = None if record is None else str(record)
         self.what = what
         self.todo = todo
         where = self.file if self.record is None else f"{self.file}:{self.record}"
         super().__init__(f"{where}: {what} ({todo})")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled whole (process pools send it back to their parent), not rebuilt from its message alone.
+        return (self.__class__, (self.file, self.record, self.what, self.todo))
+
+
+def raised_line(text: str, name: str) -> str:
+    """The message of the last `<name>: ...` line of a traceback's text; the text itself when it has none."""
+    marker = f"{name}: "
+    lines = [line for line in text.splitlines() if marker in line]
+    return lines[-1].split(marker, 1)[1] if lines else text
 
 
 class CheckpointError(VigilError):
