@@ -18,12 +18,13 @@ import torch.nn.functional as F
 from conftest import TINY, read_json
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from PIL import Image
 from preflight_bugs import DATA_BUGS, MODULE_BUGS, PLACES
 from test_cape_cli import TINY_DATA as CAPE_DATA
 from test_contrastive_cli import TINY_DATA as CONTRASTIVE_DATA
 from test_vqa_cli import TINY_DATA as VQA_DATA
 
-from vigil.core import preflight
+from vigil.core import leakage, preflight
 from vigil.core.batch import Batch, model_input
 from vigil.core.errors import PreflightError
 from vigil.core.leakage import nearest_distances
@@ -237,6 +238,25 @@ def test_blind_baseline_warns_when_images_reach_the_model_blank(task: str, synth
         )
     assert sighted.verdict == "pass", sighted.message
     assert blind.verdict == "warn" and blind.value == pytest.approx(1.0, abs=0.02), blind.message
+
+
+def test_image_hashes_from_the_process_pool_are_the_serial_ones_and_cached(tmp_path: Path, monkeypatch):
+    noise = np.random.default_rng(0).integers(0, 256, (12, 40, 48, 3), dtype=np.uint8)
+    paths = [tmp_path / "images" / f"{index}.jpg" for index in range(len(noise))]
+    paths[0].parent.mkdir()
+    for path, pixels in zip(paths, noise, strict=True):
+        Image.fromarray(pixels).save(path)
+    serial = [leakage.image_hash(path) for path in paths]
+    monkeypatch.setattr(leakage, "POOL_MIN_FILES", 4)
+    monkeypatch.setattr(leakage, "available_cpus", lambda: 2)
+    assert leakage.image_hashes(paths) == serial
+    cache = leakage.HashCache(tmp_path / "cache", tmp_path)
+    _, values = cache.hashes(paths)
+    cache.save()
+    assert [bytes(row.astype(">u8").tobytes()).hex() for row in values] == serial
+    monkeypatch.setattr(leakage, "image_hashes", lambda stale: [] if not stale else pytest.fail(f"rehashed {stale}"))
+    _, again = leakage.HashCache(tmp_path / "cache", tmp_path).hashes(paths)
+    assert np.array_equal(again, values)
 
 
 @pytest.mark.parametrize("task", EVERY_TASK)
