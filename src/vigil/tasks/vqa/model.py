@@ -35,7 +35,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from vigil.core.config import unpacks
+from vigil.core.config import ChosenBy, unpacks
 from vigil.core.errors import ConfigError
 from vigil.core.synthetic import ensure_synthetic
 from vigil.core.tiny import byte_level_bpe_tokenizer, with_padding
@@ -70,6 +70,10 @@ class TinyLlava:
     heads: int = 4
     max_position_embeddings: int = 1024
     seed: int = 0
+
+
+# The sizes dataclass of each embedded checkpoint, by its `name_or_path`.
+TINY_SIZES = {TINY: TinyLlava, TINY_QWEN2_VL: TinyQwen2VL}
 
 
 @dataclass(frozen=True)
@@ -162,7 +166,7 @@ class VisionLanguageModel(nn.Module):
         return {"pixel_values": pixel_values, "image_grid_thw": image_grid_thw, "mm_token_type_ids": modality}
 
 
-@unpacks(tiny=TinyLlava, lora=LoraAdapters)
+@unpacks(tiny=ChosenBy("name_or_path", TINY_SIZES), lora=LoraAdapters)
 def vision_language_model(
     name_or_path: str = TINY,
     cache_dir: str = ".",
