@@ -20,7 +20,7 @@ from vigil.tasks.vqa.masking import (
     RoleMasking,
     supervised_labels,
 )
-from vigil.tasks.vqa.model import load_processor
+from vigil.tasks.vqa.model import TinyLlava, load_processor
 from vigil.tasks.vqa.prompts import SYSTEM_PROMPT, PromptEncoder, Role, Turn
 from vigil.tasks.vqa.records import Catalog, VQARecord
 
@@ -28,7 +28,8 @@ TURNS = (
     Turn("Is there a polyp?", "yes", "yes_no", ("yes", "no")),
     Turn("What color is the polyp?", "red", "color", ("red", "white")),
 )
-IMAGE_TOKENS = (64 // 16) ** 2
+# One image token per cell of the tiny vision tower's output grid, whatever the input image's size.
+IMAGE_TOKENS = (TinyLlava.image_size // TinyLlava.vision_stride) ** 2
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def test_segments_concatenate_to_the_template_with_the_image_expanded(encoder, e
     assert int((roles == Role.IMAGE).sum()) == IMAGE_TOKENS
     assert (ids[roles == Role.IMAGE] == image_token).all()
     assert text_of(encoder, ids[roles != Role.IMAGE].tolist()) == expected_template()
-    assert encoding.image_inputs["pixel_values"].shape == (1, 3, 64, 64)
+    assert encoding.image_inputs["pixel_values"].shape == (1, 3, TinyLlava.image_size, TinyLlava.image_size)
 
 
 def test_answer_segments_are_tokenised_on_their_own_and_end_with_eos(encoder, encoding):

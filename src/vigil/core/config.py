@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from hydra.utils import get_object
@@ -36,6 +37,15 @@ def unpacks(**schemas: Callable[..., Any]) -> Callable[[Target], Target]:
         return target
 
     return mark
+
+
+@dataclass(frozen=True)
+class ChosenBy:
+    """An unpacked dict whose schema depends on a sibling argument: `ChosenBy("name_or_path", {"tiny": TinyLlava,
+    "tiny_qwen2_vl": TinyQwen2VL})` checks `tiny` against the class the checkpoint name picks."""
+
+    argument: str
+    schemas: Mapping[str, Callable[..., Any]]
 
 
 def validate_config(cfg: DictConfig, choices: Mapping[str, str | None]) -> None:
@@ -78,8 +88,10 @@ def target_argument_problems(cfg: DictConfig) -> Iterator[str]:
             # An interpolated dict (`data.tiny: ${model.tiny}`) is checked where it is written.
             if argument not in node or OmegaConf.is_interpolation(node, argument):
                 continue
+            if isinstance(schema, ChosenBy):
+                schema = schema.schemas.get(str(node.get(schema.argument)))
             value = node.get(argument)
-            if isinstance(value, DictConfig):
+            if schema is not None and isinstance(value, DictConfig):
                 yield from _unpacked_problems(f"{where}.{argument}", schema, set(value.keys()))
 
 

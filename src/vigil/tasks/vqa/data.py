@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import ColorJitter
 
-from vigil.core.config import unpacks
+from vigil.core.config import ChosenBy, unpacks
 from vigil.core.data import TaskDataModule
 from vigil.core.errors import ConfigError, DataError
 from vigil.core.files import (
@@ -52,7 +52,7 @@ from vigil.tasks.vqa.chat import PromptName, check_prompt, prompt_encoder
 from vigil.tasks.vqa.health import audit_splits
 from vigil.tasks.vqa.images import open_for_processor
 from vigil.tasks.vqa.masking import VQAMasking
-from vigil.tasks.vqa.model import TinyLlava, load_processor
+from vigil.tasks.vqa.model import TINY_SIZES, load_processor
 from vigil.tasks.vqa.prompts import MAX_LISTED_CANDIDATES, SYSTEM_PROMPT, PromptEncoder, Role, Turn
 from vigil.tasks.vqa.question_types import QUESTION_TYPES, QuestionTypeRules
 from vigil.tasks.vqa.records import Catalog, VQABatch, VQAContext, VQARecord
@@ -152,7 +152,7 @@ def stack_image_inputs(inputs: list[dict[str, torch.Tensor]]) -> dict[str, torch
     return {key: torch.cat([sample[key] for sample in inputs]) for key in inputs[0]}
 
 
-@unpacks(tiny=TinyLlava)
+@unpacks(tiny=ChosenBy("checkpoint", TINY_SIZES))
 class VQADataModule(TaskDataModule):
     """VQA records in JSONL (split files or one file) or the Kvasir-VQA CSV table, or the generated default."""
 

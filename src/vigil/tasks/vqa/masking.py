@@ -41,13 +41,14 @@ class RoleMasking:
 
 
 class AnswerOnlyMasking(RoleMasking):
-    """Default: only the last turn's answer and its end-of-sequence token."""
+    """Only the last turn's answer and its end-of-sequence token (earlier answers of a conversation are context)."""
 
     roles = (Role.FINAL_ANSWER,)
 
 
 class MultiTurnMasking(RoleMasking):
-    """Every answer of a conversation (with its end-of-sequence token); never a user turn or the system prompt."""
+    """Default: every answer of a conversation (with its end-of-sequence token); never a user turn or the system
+    prompt. On a single-turn record it is `AnswerOnlyMasking`."""
 
     roles = (Role.ANSWER, Role.FINAL_ANSWER)
 

@@ -2,9 +2,10 @@
 
 A checkpoint is a hub name or a folder, loaded with `AutoProcessor` and `AutoModelForImageTextToText` (LLaVA,
 Qwen2-VL and the like), optionally with LoRA adapters (peft) and a frozen vision tower. `name_or_path=tiny` is
-the embedded default: a LLaVA model (small CLIP vision tower, small Llama) with random weights and a byte-level
-BPE tokenizer trained with `tokenizers` on the template and the synthetic data's texts, written once as a
-checkpoint folder under the cache and then loaded through exactly the same two calls as a real checkpoint.
+the embedded default: a LLaVA-style FastVLM model (a small convolutional vision tower from timm through
+transformers' TimmWrapper, a small Llama) with random weights and a byte-level BPE tokenizer trained with
+`tokenizers` on the template and the synthetic data's texts, written once as a checkpoint folder under the
+cache and then loaded through exactly the same two calls as a real checkpoint.
 """
 
 from __future__ import annotations
@@ -24,17 +25,17 @@ from transformers import (
     AutoModelForImageTextToText,
     AutoProcessor,
     CLIPImageProcessor,
-    CLIPVisionConfig,
+    FastVlmConfig,
+    FastVlmForConditionalGeneration,
     LlamaConfig,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
     LlavaProcessor,
     PreTrainedModel,
     PreTrainedTokenizerFast,
+    TimmWrapperConfig,
 )
 from transformers.utils import logging as hf_logging
 
-from vigil.core.config import unpacks
+from vigil.core.config import ChosenBy, unpacks
 from vigil.core.errors import ConfigError
 from vigil.core.synthetic import ensure_synthetic
 from vigil.core.tiny import byte_level_bpe_tokenizer, with_padding
@@ -53,19 +54,26 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 @dataclass(frozen=True)
 class TinyLlava:
-    """Sizes of the embedded LLaVA model: a CLIP vision tower and a Llama language model."""
+    """Sizes of the embedded LLaVA-style model: a convolutional vision tower and a Llama language model.
+
+    The vision tower is a timm ResNet with one block per stage, `vision_width` channels in the first stage,
+    doubling per stage; `vision_stride` is its output stride, so an image gives `(image_size / vision_stride)^2`
+    image tokens.
+    """
 
     vocab_size: int = 1024
-    image_size: int = 64
-    patch_size: int = 16
-    vision_hidden_size: int = 64
-    vision_layers: int = 2
-    vision_heads: int = 2
-    hidden_size: int = 128
+    image_size: int = 96
+    vision_width: int = 16
+    vision_stride: int = 32
+    hidden_size: int = 64
     layers: int = 2
     heads: int = 4
     max_position_embeddings: int = 1024
     seed: int = 0
+
+
+# The sizes dataclass of each embedded checkpoint, by its `name_or_path`.
+TINY_SIZES = {TINY: TinyLlava, TINY_QWEN2_VL: TinyQwen2VL}
 
 
 @dataclass(frozen=True)
@@ -158,7 +166,7 @@ class VisionLanguageModel(nn.Module):
         return {"pixel_values": pixel_values, "image_grid_thw": image_grid_thw, "mm_token_type_ids": modality}
 
 
-@unpacks(tiny=TinyLlava, lora=LoraAdapters)
+@unpacks(tiny=ChosenBy("name_or_path", TINY_SIZES), lora=LoraAdapters)
 def vision_language_model(
     name_or_path: str = TINY,
     cache_dir: str = ".",
@@ -251,7 +259,7 @@ def tiny_corpus() -> list[str]:
 
 
 def write_tiny_checkpoint(folder: Path, spec: TinyCheckpoint, corpus: list[str]) -> None:
-    """Train the tokenizer, build the random LLaVA model and its processor, and save them as one checkpoint."""
+    """Train the tokenizer, build the random model and its processor, and save them as one checkpoint."""
     sizes = spec.sizes
     tokenizer = byte_level_bpe_tokenizer(
         corpus,
@@ -265,31 +273,39 @@ def write_tiny_checkpoint(folder: Path, spec: TinyCheckpoint, corpus: list[str])
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": sizes.image_size}, crop_size={"height": sizes.image_size, "width": sizes.image_size}
     )
-    # The "default" strategy drops the vision tower's CLS token; the processor adds it back to the count first.
+    # One image token per cell of the vision tower's output grid (FastVLM's "full" strategy: no CLS token).
     processor = LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        patch_size=sizes.patch_size,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
+        patch_size=sizes.vision_stride,
+        vision_feature_select_strategy="full",
+        num_additional_image_tokens=0,
     )
     with torch.random.fork_rng():
         torch.manual_seed(sizes.seed)
-        model = LlavaForConditionalGeneration(tiny_config(sizes, tokenizer))
+        model = FastVlmForConditionalGeneration(tiny_config(sizes, tokenizer))
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     (folder / "vigil_tiny.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
 
 
-def tiny_config(sizes: TinyLlava, tokenizer: PreTrainedTokenizerFast) -> LlavaConfig:
-    """The LLaVA configuration: CLIP vision tower, Llama language model, image features from the last layer."""
-    vision = CLIPVisionConfig(
-        image_size=sizes.image_size,
-        patch_size=sizes.patch_size,
-        hidden_size=sizes.vision_hidden_size,
-        intermediate_size=4 * sizes.vision_hidden_size,
-        num_hidden_layers=sizes.vision_layers,
-        num_attention_heads=sizes.vision_heads,
+def tiny_config(sizes: TinyLlava, tokenizer: PreTrainedTokenizerFast) -> FastVlmConfig:
+    """The FastVLM configuration: a timm ResNet vision tower whose last feature map is the image tokens, a Llama.
+
+    Convolutions learn colour, count and position from a few thousand samples; a from-scratch ViT of this size
+    learns them far more slowly.
+    """
+    channels = [sizes.vision_width * 2**stage for stage in range(4)]
+    vision = TimmWrapperConfig(
+        architecture="resnet18",
+        hidden_size=channels[-1],
+        do_pooling=False,
+        model_args={
+            "layers": [1, 1, 1, 1],
+            "channels": channels,
+            "stem_width": sizes.vision_width,
+            "output_stride": sizes.vision_stride,
+        },
     )
     text = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -303,11 +319,9 @@ def tiny_config(sizes: TinyLlava, tokenizer: PreTrainedTokenizerFast) -> LlavaCo
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    # The last layer (not LLaVA-1.5's second to last): every vision layer then feeds the loss, as DDP requires.
-    return LlavaConfig(
+    return FastVlmConfig(
         vision_config=vision,
         text_config=text,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_layer=-1,
-        vision_feature_select_strategy="default",
+        image_seq_length=(sizes.image_size // sizes.vision_stride) ** 2,
     )

@@ -6,8 +6,15 @@ the bottom edge. The field of view is 48 mm wide at any pixel size, so sizes are
 25 mm across, asked as Kvasir-VQA's ranges ("5-10mm") or as a diameter in mm or, for some, in cm ("1.5 cm").
 Counts are written as digits and some as words. Questions of every type: yes_no, color, count_numeric,
 size_numeric, location (3 x 3 grid, for a single polyp), mcq (with `answer_candidates`) and open_ended
-(procedure, instrument). Records carry no `question_type`: the loader infers it, as for real data. A fraction
-of the images get their questions as one multi-turn record in LLaVA's `conversations` form.
+(procedure, instrument). Records carry no `question_type`: the loader infers it, as for real data.
+
+A training image's questions are two multi-turn records in LLaVA's `conversations` form (its `mcq` questions
+single records), as instruction data is written: one sequence then trains several answers about one image, for
+the cost of one system prompt and one set of image tokens. No turn can be answered from the text before it: each
+conversation asks first the questions every image is asked, then those that exist only for some scenes (a
+question about the polyp's colour says there is a polyp), and the size range and the diameter, which give each
+other away, are in different conversations. Evaluation images get single questions (a fraction of them one
+three-turn conversation), so each is answered from the image and its own text alone.
 
 Written as `train.jsonl`, `val.jsonl`, `test.jsonl` and `images/` (no image in two splits), and read back by
 the same loader as real data.
@@ -51,7 +58,9 @@ class SyntheticVQA:
     image_size: int = 64
     val_fraction: float = 0.15
     test_fraction: float = 0.15
-    # Images whose questions are written as one multi-turn conversation record.
+    # Training images' questions as two conversations each (else single records, like evaluation's).
+    training_conversations: bool = True
+    # Evaluation images whose questions are written as one three-turn conversation record.
     conversation_fraction: float = 0.2
     # Diameter answers written in cm instead of mm, and counts written as words.
     cm_fraction: float = 0.3
@@ -78,11 +87,14 @@ class Scene:
 
 @dataclass(frozen=True)
 class Question:
-    """A question about a scene, its answer, and the options an `mcq` question offers."""
+    """A question about a scene, its answer, the options an `mcq` question offers, which of the image's two
+    training conversations asks it, and whether it exists only for some scenes (`conditional`)."""
 
     question: str
     answer: str
     candidates: tuple[str, ...] = ()
+    conversation: int = 0
+    conditional: bool = False
 
 
 def write_scenes(root: Path, spec: SyntheticVQA) -> None:
@@ -95,7 +107,10 @@ def write_scenes(root: Path, spec: SyntheticVQA) -> None:
         name = f"{IMAGE_DIR}/scene_{index:05d}.png"
         Image.fromarray(render(rng, scene, spec.image_size)).save(root / name)
         questions = ask(rng, scene, spec)
-        records[split] += as_records(rng, name, questions, spec.conversation_fraction)
+        if split == "train" and spec.training_conversations:
+            records[split] += training_records(rng, name, questions)
+        else:
+            records[split] += as_records(rng, name, questions, spec.conversation_fraction)
     for split, rows in records.items():
         (root / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
 
@@ -147,26 +162,29 @@ def ask(rng: np.random.Generator, scene: Scene, spec: SyntheticVQA) -> list[Ques
     questions = [
         Question("Is there a polyp?", yes_no(count > 0)),
         Question("Are there any instruments in the image?", yes_no(tools > 0)),
-        Question("How many polyps are in the image?", count_text(rng, count, spec.word_count_fraction)),
-        Question("How many instruments are visible?", str(tools)),
         Question("What type of procedure is the image taken from?", scene.procedure),
+        Question("How many polyps are in the image?", count_text(rng, count, spec.word_count_fraction), conversation=1),
+        Question("How many instruments are visible?", str(tools), conversation=1),
     ]
     if count:
         others = [colour for colour in POLYP_COLOURS if colour != scene.polyp_colour]
         options = [str(c) for c in rng.permutation([scene.polyp_colour, *rng.choice(others, 2, replace=False)])]
+        diameter = diameter_text(rng, scene.polyp_mm, spec.cm_fraction)
         questions += [
-            Question("Is there more than one polyp?", yes_no(count > 1)),
-            Question("What color is the polyp?", scene.polyp_colour),
-            Question("What is the size of the polyp?", SIZES_MM[scene.polyp_mm]),
-            Question("What is the diameter of the polyp?", diameter_text(rng, scene.polyp_mm, spec.cm_fraction)),
+            Question("Is there more than one polyp?", yes_no(count > 1), conditional=True),
+            Question("What color is the polyp?", scene.polyp_colour, conditional=True),
+            Question("What is the size of the polyp?", SIZES_MM[scene.polyp_mm], conditional=True),
+            Question("What is the diameter of the polyp?", diameter, conversation=1, conditional=True),
             Question(f"Is the polyp {options[0]}, {options[1]} or {options[2]}?", scene.polyp_colour, tuple(options)),
         ]
     if count == 1:
-        questions.append(Question("Where in the image is the polyp?", location(*scene.polyps[0])))
+        questions.append(
+            Question("Where in the image is the polyp?", location(*scene.polyps[0]), conversation=1, conditional=True)
+        )
     if tools:
         questions += [
-            Question("What color is the instrument?", scene.instrument_colour),
-            Question("Which instrument is used?", scene.instrument_kind),
+            Question("What color is the instrument?", scene.instrument_colour, conditional=True),
+            Question("Which instrument is used?", scene.instrument_kind, conversation=1, conditional=True),
         ]
     return questions
 
@@ -192,30 +210,55 @@ def location(x: float, y: float) -> str:
     return "center" if row == column == "center" else f"{row}-{column}"
 
 
+def training_records(rng: np.random.Generator, image: str, questions: list[Question]) -> list[dict[str, Any]]:
+    """A training image's two conversations, each its always-asked questions then its conditional ones (each part
+    in random order), and its `mcq` questions as single records."""
+    stem = Path(image).stem
+    records = []
+    for number in (0, 1):
+        asked = [q for q in questions if q.conversation == number and not q.candidates]
+        turns = [asked[i] for i in rng.permutation(len(asked))]
+        turns.sort(key=lambda q: q.conditional)
+        records.append(
+            {"id": f"{stem}-conversation{number}", "image": Path(image).name, "conversations": turns_of(turns)}
+        )
+    offered = [single_record(stem, image, number, q) for number, q in enumerate(questions) if q.candidates]
+    return records + offered
+
+
+def turns_of(questions: list[Question]) -> list[dict[str, str]]:
+    """LLaVA's `conversations` list: a human turn (the first with the image placeholder) and a gpt turn each."""
+    turns = []
+    for number, question in enumerate(questions):
+        prefix = "<image>\n" if number == 0 else ""
+        turns += [{"from": "human", "value": prefix + question.question}, {"from": "gpt", "value": question.answer}]
+    return turns
+
+
+def single_record(stem: str, image: str, number: int, question: Question) -> dict[str, Any]:
+    """One question as a record, with its candidates when it offers any."""
+    record = {"id": f"{stem}-q{number}", "image": Path(image).name, "question": question.question}
+    return (
+        record
+        | {"answer": question.answer}
+        | ({"answer_candidates": list(question.candidates)} if question.candidates else {})
+    )
+
+
 def as_records(
     rng: np.random.Generator, image: str, questions: list[Question], conversation_fraction: float
 ) -> list[dict[str, Any]]:
-    """One record per question, or, for some images, the questions without candidates as one conversation."""
+    """An evaluation image's records: one per question, or, for some images, three of the questions without
+    candidates as one conversation and the others single."""
     stem = Path(image).stem
-    singles = [
-        {"id": f"{stem}-q{number}", "image": Path(image).name, "question": q.question, "answer": q.answer}
-        | ({"answer_candidates": list(q.candidates)} if q.candidates else {})
-        for number, q in enumerate(questions)
-    ]
+    singles = [single_record(stem, image, number, q) for number, q in enumerate(questions)]
     if rng.random() >= conversation_fraction:
         return singles
     asked = [q for q in questions if not q.candidates]
-    turns = rng.choice(len(asked), size=min(3, len(asked)), replace=False)
-    conversation = []
-    for number, turn in enumerate(turns):
-        prefix = "<image>\n" if number == 0 else ""
-        conversation += [
-            {"from": "human", "value": prefix + asked[turn].question},
-            {"from": "gpt", "value": asked[turn].answer},
-        ]
-    chosen = {asked[turn].question for turn in turns}
-    rest = [record for record in singles if record["question"] not in chosen]
-    return [{"id": f"{stem}-conversation", "image": Path(image).name, "conversations": conversation}, *rest]
+    chosen = [asked[turn] for turn in rng.choice(len(asked), size=min(3, len(asked)), replace=False)]
+    texts = {q.question for q in chosen}
+    rest = [record for record in singles if record["question"] not in texts]
+    return [{"id": f"{stem}-conversation", "image": Path(image).name, "conversations": turns_of(chosen)}, *rest]
 
 
 def render(rng: np.random.Generator, scene: Scene, size: int) -> np.ndarray:

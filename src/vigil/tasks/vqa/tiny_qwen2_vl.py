@@ -58,7 +58,7 @@ CHAT_TEMPLATE = (
 
 @dataclass(frozen=True)
 class TinyQwen2VL:
-    """Sizes of the embedded Qwen2-VL model, under the same names as `TinyLlava`'s (so `model.tiny` reads alike).
+    """Sizes of the embedded Qwen2-VL model: a ViT vision tower and a Qwen2 language model.
 
     An image of `image_size`² pixels becomes (image_size / patch_size)² patches, merged 2 x 2 into a quarter as
     many image tokens (64 px, patch 8: 16 tokens, as the tiny LLaVA has).
