@@ -3,6 +3,7 @@ their metrics equal a single-process evaluation of the same checkpoint."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -74,3 +75,7 @@ def test_ddp_evaluation_scores_each_sample_once_and_equals_one_process(cli, tmp_
         expected = EXPECTED_SAMPLES[task](audit, config, split)
         assert expected > 0
         assert distributed[f"{split}/samples"] == one_process[f"{split}/samples"] == expected, split
+    if task == "vqa":
+        # Each test question's prediction is gathered from its rank and written once.
+        rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+        assert len(rows) == len({row["id"] for row in rows}) == distributed["test/samples"]

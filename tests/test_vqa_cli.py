@@ -48,27 +48,6 @@ def test_fast_dev_run_reports_per_type_accuracy_predictions_and_audit(cli, tmp_p
     assert train["candidates_per_type"]["yes_no"] == 2
 
 
-def test_ddp_cpu_two_processes_gather_every_test_prediction_once(cli, tmp_path: Path):
-    run = tmp_path / "run"
-    result = cli(
-        "train",
-        "trainer=ddp_cpu",
-        "logger=csv",
-        "trainer.max_epochs=1",
-        "masking=multi_turn",
-        "task.module.decoding=rank",
-        f"hydra.run.dir={run}",
-        *TINY_VQA,
-    )
-    assert result.returncode == 0, result.output
-    assert (run / "train_ddp_process_1.log").exists(), "the second rank ran"
-    assert read_json(run / "metrics.json").keys() >= HEADLINE
-    asked = read_json(run / "audit.json")["splits"]["test"]["questions"]
-    rows = predictions(run)
-    assert len(rows) == asked == len({row["id"] for row in rows})
-    assert read_json(run / "metrics.json")["test/samples"] == asked
-
-
 def test_audit_refuses_answers_cut_by_max_length(cli, tmp_path: Path):
     result = cli("audit", "data.max_length=100", f"hydra.run.dir={tmp_path / 'audit'}", *TINY_DATA)
     assert result.returncode == 1

@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -15,7 +16,7 @@ from vigil.tasks.vqa import data as data_module
 from vigil.tasks.vqa.answers import build_candidates
 from vigil.tasks.vqa.data import RecordReader, VQADataModule, check_disjoint, split_by_image
 from vigil.tasks.vqa.question_types import QUESTION_TYPES, QuestionTypeRules
-from vigil.tasks.vqa.synthetic import SyntheticVQA
+from vigil.tasks.vqa.synthetic import SyntheticVQA, ask, draw_scene, training_records
 
 RULES = [
     {"type": "count_numeric", "pattern": r"^how many\b"},
@@ -178,6 +179,36 @@ def test_synthetic_data_is_read_back_by_the_same_loader_with_every_type(tmp_path
     assert not (images[0] & images[1] or images[0] & images[2] or images[1] & images[2])
     sizes = {t.answer for t in turns if t.question_type == "size_numeric"}
     assert any(a.endswith("cm") for a in sizes) and any(a.endswith("mm") for a in sizes)
+
+
+# Questions whose answers give each other away: never in one training conversation.
+GIVE_EACH_OTHER_AWAY = [
+    {"What is the size of the polyp?", "What is the diameter of the polyp?"},
+    {"Is there more than one polyp?", "How many polyps are in the image?"},
+    {"Is there more than one polyp?", "Where in the image is the polyp?"},
+]
+
+
+@pytest.mark.parametrize("most_turns", [1, 3])
+def test_training_conversations_are_short_and_no_turn_is_answered_by_an_earlier_one(most_turns: int):
+    rng = np.random.default_rng(0)
+    spec = SyntheticVQA(training_turns=most_turns)
+    for _ in range(200):
+        questions = ask(rng, draw_scene(rng, spec), spec)
+        records = training_records(rng, "images/scene.png", questions, most_turns)
+        asked = [
+            [turn["value"].removeprefix("<image>\n") for turn in record["conversations"][::2]]
+            if "conversations" in record
+            else [record["question"]]
+            for record in records
+        ]
+        assert sorted(q for texts in asked for q in texts) == sorted(q.question for q in questions), "each once"
+        conditional = {q.question for q in questions if q.conditional}
+        for texts in asked:
+            assert 1 <= len(texts) <= most_turns
+            flags = [text in conditional for text in texts]
+            assert flags == sorted(flags), f"a question about what the scene holds before one every scene gets: {texts}"
+            assert not any(pair <= set(texts) for pair in GIVE_EACH_OTHER_AWAY), texts
 
 
 def test_loaders_pad_training_right_and_ask_every_evaluation_turn_once_padded_left(synthetic_cache: Path):

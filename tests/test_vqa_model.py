@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaProcessor
+from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaProcessor, get_cosine_schedule_with_warmup
 
 from vigil.core.batch import check_forward_accepts, fields_with_role, meta
 from vigil.tasks.vqa.data import VQACollate
@@ -213,3 +214,14 @@ def test_a_qwen2_vl_checkpoint_trains_with_lora_and_decodes_through_the_same_pat
     for decoding in ("constrained", "rank"):
         answers = Decoder(decoding, max_new_tokens=4)(model, prompts)
         assert all(a in c for a, c in zip(answers, prompts.candidates, strict=True)), (decoding, answers)
+
+
+def test_a_whole_run_schedule_is_told_the_run_length_and_steps_with_every_optimizer_step(model):
+    cosine = partial(get_cosine_schedule_with_warmup, num_warmup_steps=2)
+    module = VQAModule(model, TokenCrossEntropy(), MultiTurnMasking(), partial(torch.optim.AdamW, lr=1e-3), cosine)
+    module.trainer = SimpleNamespace(estimated_stepping_batches=10)
+    configured = module.configure_optimizers()
+    schedule = configured["lr_scheduler"]
+    assert schedule["interval"] == "step"
+    lr_at = schedule["scheduler"].lr_lambdas[0]
+    assert [lr_at(step) for step in (0, 2, 10)] == pytest.approx([0.0, 1.0, 0.0])

@@ -9,6 +9,7 @@ health hooks read by `vigil.core.guardrails.HealthMonitor` and the preflight hoo
 
 from __future__ import annotations
 
+import inspect
 from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,9 @@ from torch import nn
 from vigil.core.batch import Batch
 from vigil.core.data import TaskDataModule
 from vigil.core.guardrails import check_finite_loss
+
+# The argument a whole-run schedule takes its length in.
+TRAINING_STEPS = "num_training_steps"
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -173,4 +177,10 @@ class TaskModule(pl.LightningModule):
         optimizer = self.optimizer_factory(params=self.parameter_groups())
         if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer)}}
+        arguments: dict[str, Any] = {"optimizer": optimizer}
+        # A schedule over the whole run (transformers' get_*_schedule_with_warmup) is told its length when the
+        # configuration leaves it open, as the Hugging Face Trainer tells it.
+        length = inspect.signature(self.scheduler_factory).parameters.get(TRAINING_STEPS)
+        if length is not None and length.default is inspect.Parameter.empty:
+            arguments[TRAINING_STEPS] = int(self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(**arguments)}}

@@ -65,7 +65,7 @@ class TinyLlava:
     image_size: int = 96
     vision_width: int = 16
     vision_stride: int = 32
-    hidden_size: int = 64
+    hidden_size: int = 128
     layers: int = 2
     heads: int = 4
     max_position_embeddings: int = 1024

@@ -8,13 +8,15 @@ Counts are written as digits and some as words. Questions of every type: yes_no,
 size_numeric, location (3 x 3 grid, for a single polyp), mcq (with `answer_candidates`) and open_ended
 (procedure, instrument). Records carry no `question_type`: the loader infers it, as for real data.
 
-A training image's questions are two multi-turn records in LLaVA's `conversations` form (its `mcq` questions
-single records), as instruction data is written: one sequence then trains several answers about one image, for
-the cost of one system prompt and one set of image tokens. No turn can be answered from the text before it: each
-conversation asks first the questions every image is asked, then those that exist only for some scenes (a
-question about the polyp's colour says there is a polyp), and the size range and the diameter, which give each
-other away, are in different conversations. Evaluation images get single questions (a fraction of them one
-three-turn conversation), so each is answered from the image and its own text alone.
+A training image's questions are written as short multi-turn records in LLaVA's `conversations` form (its `mcq`
+questions single records), as instruction data is written: one sequence trains several answers about one image,
+for the cost of one system prompt and one set of image tokens. No turn can be answered from the text before it:
+the questions fall in two groups (the size range and the diameter, which give each other away, are in different
+ones), and each group asks first the questions every image is asked, then those that exist only for some scenes
+(a question about the polyp's colour says there is a polyp), cut into conversations of at most `training_turns`
+turns. Short conversations keep every question close to the image tokens, as evaluation asks it: with two long
+conversations per image the questions asked late in them were learned far worse. Evaluation images get single
+questions (a fraction of them one three-turn conversation), so each is answered from the image and its own text.
 
 Written as `train.jsonl`, `val.jsonl`, `test.jsonl` and `images/` (no image in two splits), and read back by
 the same loader as real data.
@@ -58,13 +60,15 @@ class SyntheticVQA:
     image_size: int = 64
     val_fraction: float = 0.15
     test_fraction: float = 0.15
-    # Training images' questions as two conversations each (else single records, like evaluation's).
-    training_conversations: bool = True
+    # The most turns of one training conversation (1: single questions, like evaluation's).
+    training_turns: int = 3
     # Evaluation images whose questions are written as one three-turn conversation record.
     conversation_fraction: float = 0.2
     # Diameter answers written in cm instead of mm, and counts written as words.
     cm_fraction: float = 0.3
     word_count_fraction: float = 0.2
+    # Scenes without a polyp (the rest hold 1 to the most that fit, fewer more often).
+    no_polyp_fraction: float = 0.11
     seed: int = 0
 
     def write(self, root: Path) -> None:
@@ -88,12 +92,12 @@ class Scene:
 @dataclass(frozen=True)
 class Question:
     """A question about a scene, its answer, the options an `mcq` question offers, which of the image's two
-    training conversations asks it, and whether it exists only for some scenes (`conditional`)."""
+    training groups asks it, and whether it exists only for some scenes (`conditional`)."""
 
     question: str
     answer: str
     candidates: tuple[str, ...] = ()
-    conversation: int = 0
+    group: int = 0
     conditional: bool = False
 
 
@@ -103,12 +107,12 @@ def write_scenes(root: Path, spec: SyntheticVQA) -> None:
     (root / IMAGE_DIR).mkdir()
     records: dict[str, list[dict[str, Any]]] = {split: [] for split in SPLITS}
     for index, split in enumerate(assign_splits(rng, spec)):
-        scene = draw_scene(rng)
+        scene = draw_scene(rng, spec)
         name = f"{IMAGE_DIR}/scene_{index:05d}.png"
         Image.fromarray(render(rng, scene, spec.image_size)).save(root / name)
         questions = ask(rng, scene, spec)
-        if split == "train" and spec.training_conversations:
-            records[split] += training_records(rng, name, questions)
+        if split == "train":
+            records[split] += training_records(rng, name, questions, spec.training_turns)
         else:
             records[split] += as_records(rng, name, questions, spec.conversation_fraction)
     for split, rows in records.items():
@@ -123,10 +127,11 @@ def assign_splits(rng: np.random.Generator, spec: SyntheticVQA) -> list[str]:
     return [splits[i] for i in rng.permutation(len(splits))]
 
 
-def draw_scene(rng: np.random.Generator) -> Scene:
+def draw_scene(rng: np.random.Generator, spec: SyntheticVQA) -> Scene:
     """A random scene: 0-3 polyps placed apart from each other, 0-2 instruments."""
     polyp_mm = int(rng.choice(list(SIZES_MM)))
-    count = int(rng.choice(np.arange(MAX_POLYPS[polyp_mm] + 1), p=polyp_count_weights(MAX_POLYPS[polyp_mm])))
+    weights = polyp_count_weights(MAX_POLYPS[polyp_mm], spec.no_polyp_fraction)
+    count = int(rng.choice(np.arange(MAX_POLYPS[polyp_mm] + 1), p=weights))
     radius = polyp_mm / FIELD_OF_VIEW_MM / 2
     return Scene(
         procedure=str(rng.choice(list(PROCEDURES))),
@@ -139,10 +144,10 @@ def draw_scene(rng: np.random.Generator) -> Scene:
     )
 
 
-def polyp_count_weights(most: int) -> np.ndarray:
-    """Probabilities of 0..most polyps: a fifth for none, the rest falling with the count."""
-    weights = np.array([0.2] + [0.8 * 0.6**k for k in range(most)])
-    return weights / weights.sum()
+def polyp_count_weights(most: int, none: float) -> np.ndarray:
+    """Probabilities of 0..most polyps: `none` for none, the rest falling with the count."""
+    falling = 0.6 ** np.arange(most)
+    return np.concatenate([[none], (1 - none) * falling / falling.sum()])
 
 
 def place_apart(rng: np.random.Generator, count: int, radius: float) -> tuple[tuple[float, float], ...]:
@@ -163,8 +168,8 @@ def ask(rng: np.random.Generator, scene: Scene, spec: SyntheticVQA) -> list[Ques
         Question("Is there a polyp?", yes_no(count > 0)),
         Question("Are there any instruments in the image?", yes_no(tools > 0)),
         Question("What type of procedure is the image taken from?", scene.procedure),
-        Question("How many polyps are in the image?", count_text(rng, count, spec.word_count_fraction), conversation=1),
-        Question("How many instruments are visible?", str(tools), conversation=1),
+        Question("How many polyps are in the image?", count_text(rng, count, spec.word_count_fraction), group=1),
+        Question("How many instruments are visible?", str(tools), group=1),
     ]
     if count:
         others = [colour for colour in POLYP_COLOURS if colour != scene.polyp_colour]
@@ -174,17 +179,17 @@ def ask(rng: np.random.Generator, scene: Scene, spec: SyntheticVQA) -> list[Ques
             Question("Is there more than one polyp?", yes_no(count > 1), conditional=True),
             Question("What color is the polyp?", scene.polyp_colour, conditional=True),
             Question("What is the size of the polyp?", SIZES_MM[scene.polyp_mm], conditional=True),
-            Question("What is the diameter of the polyp?", diameter, conversation=1, conditional=True),
+            Question("What is the diameter of the polyp?", diameter, group=1, conditional=True),
             Question(f"Is the polyp {options[0]}, {options[1]} or {options[2]}?", scene.polyp_colour, tuple(options)),
         ]
     if count == 1:
         questions.append(
-            Question("Where in the image is the polyp?", location(*scene.polyps[0]), conversation=1, conditional=True)
+            Question("Where in the image is the polyp?", location(*scene.polyps[0]), group=1, conditional=True)
         )
     if tools:
         questions += [
             Question("What color is the instrument?", scene.instrument_colour, conditional=True),
-            Question("Which instrument is used?", scene.instrument_kind, conversation=1, conditional=True),
+            Question("Which instrument is used?", scene.instrument_kind, group=1, conditional=True),
         ]
     return questions
 
@@ -210,18 +215,31 @@ def location(x: float, y: float) -> str:
     return "center" if row == column == "center" else f"{row}-{column}"
 
 
-def training_records(rng: np.random.Generator, image: str, questions: list[Question]) -> list[dict[str, Any]]:
-    """A training image's two conversations, each its always-asked questions then its conditional ones (each part
-    in random order), and its `mcq` questions as single records."""
+def training_records(
+    rng: np.random.Generator, image: str, questions: list[Question], most_turns: int
+) -> list[dict[str, Any]]:
+    """A training image's conversations and its `mcq` questions as single records.
+
+    The questions of each of the image's two groups are ordered always-asked first, then conditional (each part in
+    random order), and cut into conversations of 1 to `most_turns` turns. Short conversations keep every question
+    near the image tokens, where evaluation asks it; a later turn never learns its answer from an earlier one.
+    """
     stem = Path(image).stem
     records = []
-    for number in (0, 1):
-        asked = [q for q in questions if q.conversation == number and not q.candidates]
+    for group in (0, 1):
+        asked = [q for q in questions if q.group == group and not q.candidates]
         turns = [asked[i] for i in rng.permutation(len(asked))]
         turns.sort(key=lambda q: q.conditional)
-        records.append(
-            {"id": f"{stem}-conversation{number}", "image": Path(image).name, "conversations": turns_of(turns)}
-        )
+        while turns:
+            length = int(rng.integers(1, most_turns + 1))
+            chunk, turns = turns[:length], turns[length:]
+            if len(chunk) == 1:
+                records.append(single_record(stem, image, questions.index(chunk[0]), chunk[0]))
+            else:
+                number = len(records)
+                records.append(
+                    {"id": f"{stem}-conversation{number}", "image": Path(image).name, "conversations": turns_of(chunk)}
+                )
     offered = [single_record(stem, image, number, q) for number, q in enumerate(questions) if q.candidates]
     return records + offered
 
