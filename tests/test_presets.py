@@ -89,7 +89,7 @@ def mp100_cross_category(root: Path, hub: Path) -> list[str]:
 def kvasir_vqa(root: Path, hub: Path) -> list[str]:
     """Kvasir-VQA's one table (`img_id`, `question`, `answer`, ...) split by image, and a small Qwen2-VL-Instruct
     (same classes, processor and chat template) under the preset's hub id."""
-    SyntheticVQA(num_images=30, image_size=64, conversation_fraction=0.0).write(root)
+    SyntheticVQA(num_images=30, image_size=64, training_turns=1, conversation_fraction=0.0).write(root)
     with (root / "kvasir_vqa.csv").open("w", newline="") as handle:
         table = csv.DictWriter(handle, ["image", "source", "question", "answer", "img_id"])
         table.writeheader()

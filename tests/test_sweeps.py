@@ -41,6 +41,8 @@ def test_a_sweep_without_failures_exits_0_with_its_summary(cli, tmp_path: Path):
     assert [read_json(job / "run.json")["name"] for job in jobs(sweep)] == ["seed=1", "seed=2"]
 
 
+# Three two-process runs (80 s): slow, to keep the suite within its budget.
+@pytest.mark.slow
 def test_ddp_jobs_of_a_multirun_run_their_own_overrides(cli, tmp_path: Path):
     sweep = tmp_path / "sweep"
     ddp = ["trainer=ddp_cpu", "debug=fast", *TINY]

@@ -226,9 +226,9 @@ def test_the_loader_decodes_at_the_processors_size_with_the_same_input_shape(tmp
     path = tmp_path / "large.jpg"
     Image.new("RGB", (720, 576), (180, 60, 60)).save(path)
     image_processor = encoder.processor.image_processor
-    assert processor_size(image_processor, (720, 576)) == (80, 64)
+    assert processor_size(image_processor, (720, 576)) == (120, 96)
     prepared = open_for_processor(path, image_processor)
-    assert prepared.size == (80, 64)
+    assert prepared.size == (120, 96)
     full = encoder.image_segment(Image.open(path).convert("RGB"))
     small = encoder.image_segment(prepared)
     assert small[0] == full[0]
