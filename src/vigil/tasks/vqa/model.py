@@ -302,8 +302,8 @@ def tiny_config(sizes: TinyLlava, tokenizer: PreTrainedTokenizerFast) -> FastVlm
         do_pooling=False,
         model_args={
             "layers": [1, 1, 1, 1],
+            # timm's plain 7 x 7 stem is 64 channels wide whatever its stem_width says; the stages follow.
             "channels": channels,
-            "stem_width": sizes.vision_width,
             "output_stride": sizes.vision_stride,
         },
     )

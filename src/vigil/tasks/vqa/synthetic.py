@@ -236,21 +236,19 @@ def training_records(
             if len(chunk) == 1:
                 records.append(single_record(stem, image, questions.index(chunk[0]), chunk[0]))
             else:
-                number = len(records)
-                records.append(
-                    {"id": f"{stem}-conversation{number}", "image": Path(image).name, "conversations": turns_of(chunk)}
-                )
+                records.append(conversation_record(f"{stem}-conversation{len(records)}", image, chunk))
     offered = [single_record(stem, image, number, q) for number, q in enumerate(questions) if q.candidates]
     return records + offered
 
 
-def turns_of(questions: list[Question]) -> list[dict[str, str]]:
-    """LLaVA's `conversations` list: a human turn (the first with the image placeholder) and a gpt turn each."""
+def conversation_record(record_id: str, image: str, questions: list[Question]) -> dict[str, Any]:
+    """A multi-turn record in LLaVA's form: a human turn (the first with the image placeholder) and a gpt turn per
+    question."""
     turns = []
     for number, question in enumerate(questions):
         prefix = "<image>\n" if number == 0 else ""
         turns += [{"from": "human", "value": prefix + question.question}, {"from": "gpt", "value": question.answer}]
-    return turns
+    return {"id": record_id, "image": Path(image).name, "conversations": turns}
 
 
 def single_record(stem: str, image: str, number: int, question: Question) -> dict[str, Any]:
@@ -276,7 +274,7 @@ def as_records(
     chosen = [asked[turn] for turn in rng.choice(len(asked), size=min(3, len(asked)), replace=False)]
     texts = {q.question for q in chosen}
     rest = [record for record in singles if record["question"] not in texts]
-    return [{"id": f"{stem}-conversation", "image": Path(image).name, "conversations": turns_of(chosen)}, *rest]
+    return [conversation_record(f"{stem}-conversation", image, chosen), *rest]
 
 
 def render(rng: np.random.Generator, scene: Scene, size: int) -> np.ndarray:
