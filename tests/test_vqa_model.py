@@ -14,6 +14,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaProcessor, get_cosine_schedule_with_warmup
 
 from vigil.core.batch import check_forward_accepts, fields_with_role, meta
+from vigil.core.preflight import configured_optimizer
 from vigil.tasks.vqa.data import VQACollate
 from vigil.tasks.vqa.health import health_alerts, health_stats
 from vigil.tasks.vqa.losses import TokenCrossEntropy
@@ -78,6 +79,8 @@ def test_tiny_checkpoint_is_written_once_and_loaded_through_the_auto_classes(syn
     reloaded = AutoModelForImageTextToText.from_pretrained(folder)
     assert isinstance(processor, LlavaProcessor) and type(reloaded).__name__ == "FastVlmForConditionalGeneration"
     assert type(reloaded.model.vision_tower).__name__ == "TimmWrapperModel"
+    # The deep stem ends at twice its width (timm's plain stem would be 64 channels wide).
+    assert reloaded.model.vision_tower.timm_model.layer1[0].conv1.in_channels == 2 * TinyLlava().vision_stem_width
     assert processor.tokenizer.convert_tokens_to_ids("<image>") == reloaded.config.image_token_id
     for name, value in reloaded.state_dict().items():
         assert torch.equal(model.model.state_dict()[name], value), name
@@ -225,3 +228,34 @@ def test_a_whole_run_schedule_is_told_the_run_length_and_steps_with_every_optimi
     assert schedule["interval"] == "step"
     lr_at = schedule["scheduler"].lr_lambdas[0]
     assert [lr_at(step) for step in (0, 2, 10)] == pytest.approx([0.0, 1.0, 0.0])
+
+
+def test_the_vision_tower_trains_at_a_fraction_of_the_learning_rate_under_the_same_schedule(
+    model, synthetic_cache: Path
+):
+    cosine = partial(get_cosine_schedule_with_warmup, num_warmup_steps=2)
+    optimizer = partial(torch.optim.AdamW, lr=1e-3)
+    module = VQAModule(model, TokenCrossEntropy(), MultiTurnMasking(), optimizer, cosine, vision_tower_lr_scale=0.1)
+    module.trainer = SimpleNamespace(estimated_stepping_batches=10)
+    configured = module.configure_optimizers()
+    rest, tower = configured["optimizer"].param_groups
+    names = {id(p): n for n, p in module.named_parameters()}
+    assert tower["params"] and all("vision_tower" in names[id(p)] for p in tower["params"])
+    assert rest["params"] and not any("vision_tower" in names[id(p)] for p in rest["params"])
+    assert len(rest["params"]) + len(tower["params"]) == len([p for p in module.parameters() if p.requires_grad])
+    schedule = configured["lr_scheduler"]["scheduler"]
+    for _ in range(6):
+        schedule.step()
+    factor = schedule.lr_lambdas[0](6)
+    assert 0 < factor < 1
+    assert [group["lr"] for group in (rest, tower)] == pytest.approx([1e-3 * factor, 1e-4 * factor])
+    # The preflight's optimizer is built the same way; a frozen tower leaves one group.
+    assert [group["lr"] for group in configured_optimizer(module).param_groups] == pytest.approx([1e-3, 1e-4])
+    frozen = VQAModule(
+        vision_language_model("tiny", cache_dir=str(synthetic_cache), freeze_vision_tower=True),
+        TokenCrossEntropy(),
+        MultiTurnMasking(),
+        optimizer,
+        vision_tower_lr_scale=0.1,
+    )
+    assert [group["lr"] for group in frozen.build_optimizer().param_groups] == pytest.approx([1e-3])

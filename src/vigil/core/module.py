@@ -25,6 +25,8 @@ from vigil.core.guardrails import check_finite_loss
 
 # The argument a whole-run schedule takes its length in.
 TRAINING_STEPS = "num_training_steps"
+# A parameter group's factor on the configured learning rate (so that a sweep of the rate moves every group).
+LR_SCALE = "lr_scale"
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -169,12 +171,20 @@ class TaskModule(pl.LightningModule):
         return {}
 
     def parameter_groups(self) -> Any:
-        """What the optimizer trains: every parameter; a task overrides this for per-group settings."""
+        """What the optimizer trains: every parameter; a task overrides this for per-group settings (a group's
+        `lr_scale` multiplies the configured learning rate)."""
         return self.parameters()
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """The configured optimizer over `parameter_groups()`, each group's `lr_scale` applied to its rate."""
+        optimizer = self.optimizer_factory(params=self.parameter_groups())
+        for group in optimizer.param_groups:
+            group["lr"] *= group.get(LR_SCALE, 1.0)
+        return optimizer
 
     def configure_optimizers(self) -> Any:
         """The configured optimizer over `parameter_groups()`, and the scheduler when one is configured."""
-        optimizer = self.optimizer_factory(params=self.parameter_groups())
+        optimizer = self.build_optimizer()
         if self.scheduler_factory is None:
             return optimizer
         arguments: dict[str, Any] = {"optimizer": optimizer}

@@ -394,7 +394,7 @@ def short_training_loss(module: TaskModule, batches: list[Batch], steps: int) ->
 def configured_optimizer(module: TaskModule) -> torch.optim.Optimizer:
     """A fresh optimizer as the run configures it, without its scheduler: building one already scales the
     learning rate (a warm-up's start factor), which would leave these few steps without learning."""
-    return module.optimizer_factory(params=module.parameter_groups())
+    return module.build_optimizer()
 
 
 def constant_images(batch: Batch) -> Batch:

@@ -49,6 +49,8 @@ TINY = "tiny"
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<image>"]
 # Parameter names of the vision tower: LLaVA's `vision_tower`, Qwen2-VL's `visual`.
 VISION_TOWER = re.compile(r"(^|\.)(vision_tower|visual|vision_model)\.")
+# timm's ResNet stem types by name: `plain` is its default (empty) one.
+VISION_STEMS = {"deep": "deep", "plain": ""}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -56,15 +58,19 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 class TinyLlava:
     """Sizes of the embedded LLaVA-style model: a convolutional vision tower and a Llama language model.
 
-    The vision tower is a timm ResNet with one block per stage, `vision_width` channels in the first stage,
-    doubling per stage; `vision_stride` is its output stride, so an image gives `(image_size / vision_stride)^2`
-    image tokens.
+    The vision tower is a timm ResNet with a `vision_stem` stem and one block per stage, `vision_width` channels
+    in the first stage, doubling per stage; `vision_stride` is its output stride, so an image gives
+    `(image_size / vision_stride)^2` image tokens.
     """
 
     vocab_size: int = 1024
     image_size: int = 96
     vision_width: int = 16
     vision_stride: int = 32
+    # timm's ResNet stem: `deep` (three 3 x 3 convolutions, `vision_stem_width` channels wide, ending at twice
+    # that) or `plain` (one 7 x 7 convolution, 64 channels wide whatever the width).
+    vision_stem: str = "deep"
+    vision_stem_width: int = 16
     hidden_size: int = 128
     layers: int = 2
     heads: int = 4
@@ -295,6 +301,8 @@ def tiny_config(sizes: TinyLlava, tokenizer: PreTrainedTokenizerFast) -> FastVlm
     Convolutions learn colour, count and position from a few thousand samples; a from-scratch ViT of this size
     learns them far more slowly.
     """
+    if sizes.vision_stem not in VISION_STEMS:
+        raise ConfigError(f"model.tiny.vision_stem={sizes.vision_stem} is not a stem; valid: {', '.join(VISION_STEMS)}")
     channels = [sizes.vision_width * 2**stage for stage in range(4)]
     vision = TimmWrapperConfig(
         architecture="resnet18",
@@ -302,7 +310,8 @@ def tiny_config(sizes: TinyLlava, tokenizer: PreTrainedTokenizerFast) -> FastVlm
         do_pooling=False,
         model_args={
             "layers": [1, 1, 1, 1],
-            # timm's plain 7 x 7 stem is 64 channels wide whatever its stem_width says; the stages follow.
+            "stem_type": VISION_STEMS[sizes.vision_stem],
+            "stem_width": sizes.vision_stem_width,
             "channels": channels,
             "output_stride": sizes.vision_stride,
         },

@@ -26,14 +26,14 @@ from pytorch_lightning.loggers import WandbLogger
 from torch import nn
 
 from vigil.core.files import open_image
-from vigil.core.module import TaskModule, TrainingLoss
+from vigil.core.module import LR_SCALE, TaskModule, TrainingLoss
 from vigil.core.pictures import publish_figure
 from vigil.tasks.vqa.answers import answers_match, normalize_question
 from vigil.tasks.vqa.decoding import Decoder, DecodingName
 from vigil.tasks.vqa.health import health_alerts, health_stats
 from vigil.tasks.vqa.masking import VQAMasking, supervised_labels
 from vigil.tasks.vqa.metrics import PerTypeAccuracy
-from vigil.tasks.vqa.model import VisionLanguageModel
+from vigil.tasks.vqa.model import VISION_TOWER, VisionLanguageModel
 from vigil.tasks.vqa.pictures import answer_grid, sequence_grid, token_segments, unnormalized
 from vigil.tasks.vqa.records import VQABatch, VQAContext
 
@@ -47,7 +47,11 @@ TableRow = tuple[str, int, int, float, float, float]
 
 
 class VQAModule(TaskModule):
-    """Fine-tunes a vision-language model on the supervised answer tokens; evaluates answers per question type."""
+    """Fine-tunes a vision-language model on the supervised answer tokens; evaluates answers per question type.
+
+    `vision_tower_lr_scale`: the vision tower's learning rate as a factor of the configured one (LLaVA-OneVision
+    trains its tower at a fifth of the language model's rate); the schedule moves both.
+    """
 
     task_name = "vqa"
     alert_rule = staticmethod(health_alerts)
@@ -64,12 +68,14 @@ class VQAModule(TaskModule):
         abs_tol: float = 0.0,
         rel_tol: float = 0.0,
         pictures: int = 4,
+        vision_tower_lr_scale: float = 1.0,
     ) -> None:
         super().__init__(model, loss, masking, optimizer, scheduler)
         self.decoder = Decoder(decoding, max_new_tokens)
         self.abs_tol = abs_tol
         self.rel_tol = rel_tol
         self.pictures = pictures
+        self.vision_tower_lr_scale = vision_tower_lr_scale
         self.metrics = nn.ModuleDict({split: PerTypeAccuracy(abs_tol=abs_tol, rel_tol=rel_tol) for split in SPLITS})
         self.baselines = nn.ModuleDict(
             {
@@ -225,8 +231,15 @@ class VQAModule(TaskModule):
         return configuration
 
     def parameter_groups(self) -> list[torch.nn.Parameter]:
-        """The trainable parameters only (LoRA adapters, or everything not frozen)."""
-        return [parameter for parameter in self.parameters() if parameter.requires_grad]
+        """The trainable parameters only (LoRA adapters, or everything not frozen); the vision tower's in a group
+        of their own when `vision_tower_lr_scale` gives it another learning rate."""
+        named = [(name, parameter) for name, parameter in self.named_parameters() if parameter.requires_grad]
+        if self.vision_tower_lr_scale == 1.0:
+            return [parameter for _, parameter in named]
+        tower = [parameter for name, parameter in named if VISION_TOWER.search(name)]
+        rest = [parameter for name, parameter in named if not VISION_TOWER.search(name)]
+        groups = [{"params": rest}, {"params": tower, LR_SCALE: self.vision_tower_lr_scale}]
+        return [group for group in groups if group["params"]]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Drop the frozen parameters from the checkpoint: they are reloaded from the model's own files."""
