@@ -230,7 +230,7 @@ class VQAModule(TaskModule):
             configuration["lr_scheduler"]["interval"] = "step"
         return configuration
 
-    def parameter_groups(self) -> list[torch.nn.Parameter]:
+    def parameter_groups(self) -> list[torch.nn.Parameter] | list[dict[str, Any]]:
         """The trainable parameters only (LoRA adapters, or everything not frozen); the vision tower's in a group
         of their own when `vision_tower_lr_scale` gives it another learning rate."""
         named = [(name, parameter) for name, parameter in self.named_parameters() if parameter.requires_grad]
