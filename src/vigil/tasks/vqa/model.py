@@ -66,7 +66,7 @@ class TinyLlava:
     vocab_size: int = 1024
     image_size: int = 96
     vision_width: int = 16
-    vision_stride: int = 32
+    vision_stride: int = 16
     # timm's ResNet stem: `deep` (three 3 x 3 convolutions, `vision_stem_width` channels wide, ending at twice
     # that) or `plain` (one 7 x 7 convolution, 64 channels wide whatever the width).
     vision_stem: str = "deep"
