@@ -15,6 +15,7 @@ from vigil.core.files import RecordPolicy, seeded_split
 from vigil.tasks.vqa import data as data_module
 from vigil.tasks.vqa.answers import build_candidates
 from vigil.tasks.vqa.data import RecordReader, VQADataModule, check_disjoint, split_by_image
+from vigil.tasks.vqa.lengths import LengthGroupedShuffle
 from vigil.tasks.vqa.question_types import QUESTION_TYPES, QuestionTypeRules
 from vigil.tasks.vqa.synthetic import SyntheticVQA, ask, draw_scene, training_records
 
@@ -232,6 +233,38 @@ def test_loaders_pad_training_right_and_ask_every_evaluation_turn_once_padded_le
     assert all((batch.attention_mask[:, -1] == 1).all() for batch in batches)
     assert data.context().majority_answers == data.catalog.majority
     assert data.context().question_prior == data.catalog.question_prior and data.catalog.question_prior
+
+
+def test_length_grouped_order_is_a_seeded_permutation_of_sorted_batches():
+    lengths = [int(n) for n in np.random.default_rng(0).choice([60, 90, 140], size=1000)]
+    order = list(LengthGroupedShuffle(lengths, batch_size=10, seed=3))
+    assert sorted(order) == list(range(1000))
+    again, other = LengthGroupedShuffle(lengths, 10, seed=3), LengthGroupedShuffle(lengths, 10, seed=3)
+    other.set_epoch(1)
+    assert list(again) == order and list(other) != order
+    batches = [[lengths[i] for i in order[start : start + 10]] for start in range(0, 1000, 10)]
+    mixed = sum(len(set(batch)) > 1 for batch in batches)
+    # Three lengths in mega-batches of 250 (a quarter of the order): at most two mixed batches in each.
+    assert mixed <= 8, mixed
+
+
+def test_grouped_training_batches_pad_less_and_hold_every_record_once(synthetic_cache: Path):
+    spec = SyntheticVQA(num_images=60, image_size=32)
+    arguments = dict(cache_dir=str(synthetic_cache), synthetic=vars(spec), format="jsonl", batch_size=8)
+
+    def padding(group_by_length: bool) -> tuple[float, list[str]]:
+        data = datamodule(synthetic_cache, synthetic_cache, group_by_length=group_by_length, **arguments)
+        data.prepare_data()
+        data.setup("fit")
+        batches = list(data.train_dataloader())
+        real = sum(batch.attention_mask.sum().item() for batch in batches)
+        padded = sum(batch.attention_mask.numel() for batch in batches)
+        return 1 - real / padded, [sample for batch in batches for sample in batch.id]
+
+    grouped, grouped_ids = padding(True)
+    shuffled, shuffled_ids = padding(False)
+    assert sorted(grouped_ids) == sorted(set(grouped_ids)) and len(grouped_ids) == len(shuffled_ids)
+    assert grouped < shuffled / 2, (grouped, shuffled)
 
 
 # Bad input: each kind gets one line naming the file and the line or record.

@@ -51,6 +51,7 @@ from vigil.tasks.vqa.answers import build_candidates, majority_answers, normaliz
 from vigil.tasks.vqa.chat import PromptName, check_prompt, prompt_encoder
 from vigil.tasks.vqa.health import audit_splits
 from vigil.tasks.vqa.images import open_for_processor
+from vigil.tasks.vqa.lengths import LengthGroupedShuffle, training_lengths
 from vigil.tasks.vqa.masking import VQAMasking
 from vigil.tasks.vqa.model import TINY_SIZES, load_processor
 from vigil.tasks.vqa.prompts import MAX_LISTED_CANDIDATES, SYSTEM_PROMPT, PromptEncoder, Role, Turn
@@ -184,6 +185,7 @@ class VQADataModule(TaskDataModule):
         num_workers: int | str = 0,
         pin_memory: bool | str = False,
         augment: bool = True,
+        group_by_length: bool = False,
         on_error: OnError = "raise",
         synthetic: dict[str, Any] | None = None,
         seed: int = 0,
@@ -211,6 +213,7 @@ class VQADataModule(TaskDataModule):
         self.max_listed_candidates = max_listed_candidates
         self.max_length = max_length
         self.augment = augment
+        self.group_by_length = group_by_length
         self.on_error = on_error
         self.catalog: Catalog | None = None
         self.encoder: PromptEncoder | None = None
@@ -287,6 +290,15 @@ class VQADataModule(TaskDataModule):
         return VQADataset(
             self.catalog.splits[split], self.encoder, training, self.max_length, self.augment and training
         )
+
+    def training_batches(self, dataset: VQADataset) -> dict[str, Any]:
+        """Shuffled batches (the default), or with `group_by_length` batches of similar length, shuffled afresh
+        each epoch from `(seed, epoch)` as well."""
+        batches = super().training_batches(dataset)
+        if not self.group_by_length:
+            return batches
+        lengths = training_lengths(dataset.records, self.encoder, self.max_length)
+        return batches | {"sampler": LengthGroupedShuffle(lengths, self.batch_size, self.seed)}
 
     def collate(self, split: str) -> Callable[[list[dict[str, Any]]], VQABatch]:
         """Training pads on the right; evaluation pads on the left, so every prompt ends where generation starts."""
