@@ -212,6 +212,11 @@ def test_training_conversations_are_short_and_no_turn_is_answered_by_an_earlier_
             assert not any(pair <= set(texts) for pair in GIVE_EACH_OTHER_AWAY), texts
 
 
+def test_synthetic_conversations_of_no_turns_are_a_config_error(tmp_path: Path):
+    with pytest.raises(ConfigError, match="training_turns=0"):
+        SyntheticVQA(num_images=4, training_turns=0).write(tmp_path)
+
+
 def test_loaders_pad_training_right_and_ask_every_evaluation_turn_once_padded_left(synthetic_cache: Path):
     spec = SyntheticVQA(num_images=24, image_size=32, conversation_fraction=0.5)
     data = datamodule(

@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from vigil.core.errors import ConfigError
 from vigil.core.files import SPLITS
 
 IMAGE_DIR = "images"
@@ -73,6 +74,8 @@ class SyntheticVQA:
 
     def write(self, root: Path) -> None:
         """Write the scenes under `root` as VQA JSONL split files and `images/`."""
+        if self.training_turns < 1:
+            raise ConfigError(f"data.synthetic.training_turns={self.training_turns}: a conversation has 1 turn or more")
         write_scenes(root, self)
 
 
