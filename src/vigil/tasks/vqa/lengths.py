@@ -6,36 +6,26 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import torch
-from torch.utils.data import Sampler
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from vigil.core.sampling import stream_seed
+from vigil.core.sampling import EpochShuffle, stream_seed
 from vigil.tasks.vqa.health import ImageSegments
 from vigil.tasks.vqa.prompts import PromptEncoder
 from vigil.tasks.vqa.records import VQARecord
 
 
-class LengthGroupedShuffle(Sampler[int]):
-    """A fresh order of the training samples each epoch, a function of `(seed, epoch)` alone, in which every run of
+class LengthGroupedShuffle(EpochShuffle):
+    """EpochShuffle's fresh order each epoch, a function of `(seed, epoch)` alone, in which every run of
     `batch_size` indices holds samples of about the same length: transformers' `group_by_length` grouping (a
     random order cut into mega-batches of up to 50 batches, each sorted by length, the longest batch first).
 
-    Lightning calls `set_epoch`; under DDP its distributed wrapper shards this order, so each rank's batches are
-    still of similar length.
+    Under DDP Lightning's distributed wrapper shards this order, so each rank's batches are still of similar length.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0) -> None:
+        super().__init__(len(lengths), seed)
         self.lengths = list(lengths)
         self.batch_size = batch_size
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning at the start of every epoch."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.lengths)
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(stream_seed(self.seed, self.epoch))
