@@ -52,7 +52,10 @@ EXPECTED_SAMPLES = {
 }
 
 
-@pytest.mark.parametrize("task", sorted(TINY))
+# Segmentation's run in `make test`; the other tasks' (about a minute each on 2 cores) in `make test-all`.
+@pytest.mark.parametrize(
+    "task", [task if task == "segmentation" else pytest.param(task, marks=pytest.mark.slow) for task in sorted(TINY)]
+)
 def test_ddp_evaluation_scores_each_sample_once_and_equals_one_process(cli, tmp_path: Path, task: str):
     run = tmp_path / "run"
     trained = cli("train", f"task={task}", "trainer=ddp_cpu", f"hydra.run.dir={run}", *QUIET, *TINY[task])

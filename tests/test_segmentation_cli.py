@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from conftest import TINY, read_json
 from PIL import Image
@@ -52,6 +53,7 @@ def test_short_training_reaches_a_dice_threshold_with_checkpoints_log_and_pictur
     assert "health/pred_mean" in logged_health and "health/target_mean" in logged_health
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_metrics(cli, tmp_path: Path):
     args = ["logger=none", "trainer.max_epochs=1", "trainer.limit_train_batches=3", "seed=7", *TINY]
     first = cli("train", *args, f"hydra.run.dir={tmp_path / 'a'}")
@@ -90,6 +92,7 @@ def test_multirun_sweep_groups_runs_and_vigil_compare_tables_them(cli, tmp_path:
     assert (sweep / "curves.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_last_checkpoint_with_the_same_run_id(cli, tmp_path: Path):
     args = ["logger=csv", "trainer.max_epochs=6", *TINY]
     process = cli("train", *args, background=True)

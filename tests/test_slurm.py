@@ -57,6 +57,7 @@ def wait_for(condition, process, seconds: float = 300) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_sigusr1_requeues_the_job_and_the_requeued_job_continues_the_same_run(
     cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
