@@ -75,6 +75,7 @@ def test_wandb_offline_run_holds_config_and_logged_metrics(cli, tmp_path: Path):
     assert list(record.tags) == ["task=segmentation", "data=synthetic_seg", "model=smp"]
 
 
+@pytest.mark.slow
 def test_multirun_sweep_groups_runs_and_vigil_compare_tables_them(cli, tmp_path: Path):
     sweep = tmp_path / "sweep"
     result = cli(
@@ -160,6 +161,7 @@ def test_sanity_overfit_fails_loudly_when_the_loss_does_not_fall(cli, tmp_path: 
     assert "SanityOverfitError: debug=overfit: train/loss_epoch reached" in result.stderr
 
 
+@pytest.mark.slow
 def test_profile_run_writes_the_profiler_report(cli, tmp_path: Path):
     run = tmp_path / "run"
     result = cli("train", "debug=profile", "logger=none", f"hydra.run.dir={run}", *TINY)

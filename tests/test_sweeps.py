@@ -33,6 +33,7 @@ def test_a_failed_job_is_recorded_and_the_next_job_runs(cli, tmp_path: Path):
     assert "data.batch_size=8" in done["overrides"]
 
 
+@pytest.mark.slow
 def test_a_sweep_without_failures_exits_0_with_its_summary(cli, tmp_path: Path):
     sweep = tmp_path / "sweep"
     result = cli("train", "-m", "seed=1,2", "debug=fast", *TINY, f"hydra.sweep.dir={sweep}")
