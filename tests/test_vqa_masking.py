@@ -222,6 +222,52 @@ def test_texts_seen_before_are_not_tokenised_again(synthetic_cache: Path):
     assert again == first and counting.calls == 0
 
 
+def processor_call(processor, image: Image.Image) -> tuple[list[int], dict[str, torch.Tensor]]:
+    """The image segment straight from the processor's own call (independent of the encoder)."""
+    output = processor(text=[processor.image_token], images=[image], add_special_tokens=False, return_tensors="pt")
+    return output["input_ids"][0].tolist(), {k: v for k, v in output.items() if k in ("pixel_values", "image_grid_thw")}
+
+
+@pytest.mark.parametrize("checkpoint", ["tiny", "tiny_qwen2_vl"])
+def test_image_segments_after_the_first_of_a_size_are_the_processors_own(synthetic_cache: Path, checkpoint: str):
+    processor = load_processor(checkpoint, synthetic_cache, None)
+    fresh = PromptEncoder(processor)
+    images = [Image.new("RGB", size, (40 * i, 200 - 30 * i, 90)) for i, size in enumerate([(64, 64), (80, 60)] * 3)]
+    for image in images:
+        ids, tensors = fresh.image_segment(image)
+        expected_ids, expected = processor_call(processor, image)
+        assert ids == expected_ids
+        assert tensors.keys() == expected.keys()
+        assert all(torch.equal(tensors[key], expected[key]) for key in expected)
+    assert fresh.image_processor_alone is True
+
+
+class DoublingProcessor:
+    """A processor whose call changes what its image processor returns."""
+
+    def __init__(self, processor) -> None:
+        self.processor = processor
+
+    def __call__(self, *args, **kwargs):
+        output = self.processor(*args, **kwargs)
+        output["pixel_values"] = output["pixel_values"] * 2
+        return output
+
+    def __getattr__(self, name: str):
+        return getattr(self.processor, name)
+
+
+def test_a_processor_whose_call_differs_from_its_image_processor_is_always_called(synthetic_cache: Path):
+    doubling = DoublingProcessor(load_processor("tiny", synthetic_cache, None))
+    fresh = PromptEncoder(doubling)
+    for shade in (10, 120, 250):
+        image = Image.new("RGB", (64, 64), (shade, 90, 90))
+        assert torch.equal(
+            fresh.image_segment(image)[1]["pixel_values"], processor_call(doubling, image)[1]["pixel_values"]
+        )
+    assert fresh.image_processor_alone is False
+
+
 def test_the_loader_decodes_at_the_processors_size_with_the_same_input_shape(tmp_path: Path, encoder):
     path = tmp_path / "large.jpg"
     Image.new("RGB", (720, 576), (180, 60, 60)).save(path)
