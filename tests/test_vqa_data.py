@@ -13,8 +13,10 @@ from PIL import Image
 from vigil.core.errors import ConfigError, DataError
 from vigil.core.files import RecordPolicy, seeded_split
 from vigil.tasks.vqa import data as data_module
+from vigil.tasks.vqa import images as images_module
 from vigil.tasks.vqa.answers import build_candidates
 from vigil.tasks.vqa.data import RecordReader, VQADataModule, check_disjoint, split_by_image
+from vigil.tasks.vqa.images import DecodedImages
 from vigil.tasks.vqa.lengths import LengthGroupedShuffle
 from vigil.tasks.vqa.question_types import QUESTION_TYPES, QuestionTypeRules
 from vigil.tasks.vqa.synthetic import SyntheticVQA, ask, draw_scene, training_records
@@ -382,3 +384,24 @@ def test_each_image_of_the_table_is_found_once_however_many_questions_ask_about_
     assert len(records) == 18 and resolved == ["a.jpg", "b.jpg"]
     images = {(tmp_path / "images" / name).resolve() for name in ("a.jpg", "b.jpg")}
     assert {record.path for record in records} == images
+
+
+def test_decoded_images_are_kept_until_the_budget_is_full(tmp_path: Path, monkeypatch):
+    write_images(tmp_path, ["a.png", "b.png", "c.png"])
+    opened = []
+    original = images_module.open_for_processor
+    monkeypatch.setattr(
+        images_module, "open_for_processor", lambda path, *a: opened.append(path.name) or original(path, *a)
+    )
+    # Room for two 8 x 8 RGB images: the third is decoded every time it is asked for.
+    images = DecodedImages(image_processor=None, budget_bytes=2 * 8 * 8 * 3)
+    for _ in range(3):
+        for name in ("a.png", "b.png", "c.png"):
+            assert images(tmp_path / name).getpixel((0, 0)) == Image.open(tmp_path / name).getpixel((0, 0))
+    assert opened == ["a.png", "b.png", "c.png", "c.png", "c.png"]
+    assert images.kept_bytes == 2 * 8 * 8 * 3
+
+
+def test_a_negative_image_cache_is_a_config_error(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"^data\.image_cache_mb=-1: "):
+        datamodule(tmp_path, tmp_path, image_cache_mb=-1)

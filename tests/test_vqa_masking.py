@@ -65,6 +65,15 @@ def test_segments_concatenate_to_the_template_with_the_image_expanded(encoder, e
     assert encoding.image_inputs["pixel_values"].shape == (1, 3, TinyLlava.image_size, TinyLlava.image_size)
 
 
+def test_an_empty_system_prompt_writes_no_system_line(synthetic_cache: Path):
+    bare = PromptEncoder(load_processor("tiny", synthetic_cache, None), system_prompt="")
+    encoding = bare.encode(bare.image_segment(Image.new("RGB", (80, 60))), TURNS)
+    ids = torch.tensor(encoding.input_ids)
+    text = text_of(bare, ids[torch.tensor(encoding.roles) != Role.IMAGE].tolist())
+    assert text == expected_template().replace(f"System: {SYSTEM_PROMPT}\n", "")
+    assert Role.SYSTEM not in encoding.roles[1:]
+
+
 def test_answer_segments_are_tokenised_on_their_own_and_end_with_eos(encoder, encoding):
     roles, ids = encoding.roles, encoding.input_ids
     tokenizer = encoder.tokenizer

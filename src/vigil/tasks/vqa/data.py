@@ -50,7 +50,7 @@ from vigil.core.guardrails import AuditReport
 from vigil.tasks.vqa.answers import build_candidates, majority_answers, normalize_answer, question_prior_answers
 from vigil.tasks.vqa.chat import PromptName, check_prompt, prompt_encoder
 from vigil.tasks.vqa.health import audit_splits
-from vigil.tasks.vqa.images import open_for_processor
+from vigil.tasks.vqa.images import DecodedImages
 from vigil.tasks.vqa.lengths import LengthGroupedShuffle, training_lengths
 from vigil.tasks.vqa.masking import VQAMasking
 from vigil.tasks.vqa.model import TINY_SIZES, load_processor
@@ -75,11 +75,13 @@ class VQADataset(Dataset):
         training: bool,
         max_length: int,
         augment: bool = False,
+        images: DecodedImages | None = None,
     ) -> None:
         self.records = records
         self.encoder = encoder
         self.training = training
         self.max_length = max_length
+        self.images = images if images is not None else DecodedImages(encoder.processor.image_processor, budget_bytes=0)
         self.jitter = ColorJitter(brightness=0.1, contrast=0.1) if augment else None
         self.items = [(i, len(r.turns)) for i, r in enumerate(records)]
         if not training:
@@ -91,7 +93,7 @@ class VQADataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         position, turns = self.items[index]
         record = self.records[position]
-        image = open_for_processor(record.path, self.encoder.processor.image_processor, record.record)
+        image = self.images(record.path, record.record)
         if self.jitter is not None:
             image = self.jitter(image)
         asked = record.turns[turns - 1]
@@ -185,6 +187,7 @@ class VQADataModule(TaskDataModule):
         num_workers: int | str = 0,
         pin_memory: bool | str = False,
         augment: bool = True,
+        image_cache_mb: int = 512,
         group_by_length: bool = False,
         on_error: OnError = "raise",
         synthetic: dict[str, Any] | None = None,
@@ -213,10 +216,16 @@ class VQADataModule(TaskDataModule):
         self.max_listed_candidates = max_listed_candidates
         self.max_length = max_length
         self.augment = augment
+        if isinstance(image_cache_mb, bool) or not isinstance(image_cache_mb, int) or image_cache_mb < 0:
+            raise ConfigError(
+                f"data.image_cache_mb={image_cache_mb!r}: give the megabytes of decoded images to keep (0: none)"
+            )
+        self.image_cache_mb = image_cache_mb
         self.group_by_length = group_by_length
         self.on_error = on_error
         self.catalog: Catalog | None = None
         self.encoder: PromptEncoder | None = None
+        self.images: DecodedImages | None = None
 
     def read(self) -> None:
         """Read and check the records, build the candidates and the prompt encoder (the checkpoint's processor)."""
@@ -230,6 +239,7 @@ class VQADataModule(TaskDataModule):
             self.system_prompt,
             self.max_listed_candidates,
         )
+        self.images = DecodedImages(processor.image_processor, self.image_cache_mb * 2**20)
 
     def read_catalog(self) -> Catalog:
         """Every split's checked records, with the candidates of each closed type filled in."""
@@ -288,7 +298,7 @@ class VQADataModule(TaskDataModule):
         self.setup()
         training = split == "train"
         return VQADataset(
-            self.catalog.splits[split], self.encoder, training, self.max_length, self.augment and training
+            self.catalog.splits[split], self.encoder, training, self.max_length, self.augment and training, self.images
         )
 
     def training_batches(self, dataset: VQADataset) -> dict[str, Any]:

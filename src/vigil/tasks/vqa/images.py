@@ -42,3 +42,30 @@ def open_for_processor(path: Path, image_processor: Any, record: object | None =
     if target is None or (target[0] >= image.width and target[1] >= image.height):
         return image
     return image.resize(target, Image.BICUBIC)
+
+
+class DecodedImages:
+    """Images opened with `open_for_processor`, kept in memory until they fill `budget_bytes`.
+
+    A file is then decoded once per run rather than once per record and epoch (a training epoch of the embedded
+    data opens each image about five times; Kvasir-VQA asks nine questions of each). The images handed out are
+    shared: callers make new ones (colour jitter, the processor) and never draw on them.
+    """
+
+    def __init__(self, image_processor: Any, budget_bytes: int) -> None:
+        self.image_processor = image_processor
+        self.budget_bytes = budget_bytes
+        self.kept: dict[Path, Image.Image] = {}
+        self.kept_bytes = 0
+
+    def __call__(self, path: Path, record: object | None = None) -> Image.Image:
+        """The image of `path` at the processor's size, decoded on first use."""
+        image = self.kept.get(path)
+        if image is not None:
+            return image
+        image = open_for_processor(path, self.image_processor, record)
+        size = image.width * image.height * len(image.getbands())
+        if self.kept_bytes + size <= self.budget_bytes:
+            self.kept[path] = image
+            self.kept_bytes += size
+        return image

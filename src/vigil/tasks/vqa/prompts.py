@@ -125,7 +125,8 @@ class PromptEncoder:
 
     `image_placeholder` is the text the processor expands into image tokens (LLaVA: `<image>`; Qwen2-VL:
     `<|vision_start|><|image_pad|><|vision_end|>`); None takes the processor's `image_token`. A turn's candidates
-    are listed when `show_candidates` is set and there are at most `max_listed_candidates` of them.
+    are listed when `show_candidates` is set and there are at most `max_listed_candidates` of them. An empty
+    `system_prompt` writes no `System:` line.
     """
 
     def __init__(
@@ -161,7 +162,8 @@ class PromptEncoder:
         if self.tokenizer.bos_token_id is not None:
             encoding.input_ids.append(self.tokenizer.bos_token_id)
             encoding.roles.append(Role.SYSTEM)
-        self.append(encoding, self.text_ids(f"System: {self.system_prompt}\n"), Role.SYSTEM)
+        if self.system_prompt:
+            self.append(encoding, self.text_ids(f"System: {self.system_prompt}\n"), Role.SYSTEM)
         for index, turn in enumerate(turns):
             last = index == len(turns) - 1
             self.append(encoding, self.text_ids("User: " if index == 0 else "\nUser: "), Role.PROMPT)
