@@ -51,6 +51,13 @@ def vqa_eval(args: argparse.Namespace) -> list[Row]:
     return run(args)
 
 
+def vqa_step(args: argparse.Namespace) -> list[Row]:
+    """VQA training step with logits at the supervised tokens' positions only vs at every position."""
+    from benchmarks.vqa_step import vqa_step as run
+
+    return run(args)
+
+
 def pck(args: argparse.Namespace) -> list[Row]:
     """PCK speed: vigil's vectorised CAPE PCK metric vs a per-query NumPy reference, 20k queries."""
     from benchmarks.pck import pck as run
@@ -84,6 +91,7 @@ BENCHMARKS: list[tuple[str, Benchmark]] = [
     ("startup", startup),
     ("retrieval", retrieval),
     ("vqa_eval", vqa_eval),
+    ("vqa_step", vqa_step),
     ("pck", pck),
     ("loader", loader),
     ("scale", scale),

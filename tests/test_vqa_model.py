@@ -17,7 +17,7 @@ from vigil.core.batch import check_forward_accepts, fields_with_role, meta
 from vigil.core.preflight import configured_optimizer
 from vigil.tasks.vqa.data import VQACollate
 from vigil.tasks.vqa.health import health_alerts, health_stats
-from vigil.tasks.vqa.losses import TokenCrossEntropy
+from vigil.tasks.vqa.losses import TokenCrossEntropy, predicting_positions
 from vigil.tasks.vqa.masking import IGNORE_INDEX, AnswerOnlyMasking, MultiTurnMasking, supervised_labels
 from vigil.tasks.vqa.model import TinyLlava, ensure_tiny_checkpoint, vision_language_model
 from vigil.tasks.vqa.module import VQAModule
@@ -106,8 +106,10 @@ def test_training_step_hands_the_hf_model_only_its_inputs(model, monkeypatch: py
     module = VQAModule(model, TokenCrossEntropy(), AnswerOnlyMasking(), partial(torch.optim.AdamW, lr=1e-3))
     output = module.training_step(batch, 0)
     ((args, kwargs),) = calls
-    assert args == () and set(kwargs) == {"input_ids", "attention_mask", "pixel_values"}
+    # Besides the batch's inputs, only which logits the loss reads.
+    assert args == () and set(kwargs) == {"input_ids", "attention_mask", "pixel_values", "logits_to_keep"}
     assert kwargs["input_ids"] is batch.input_ids and kwargs["pixel_values"] is batch.pixel_values
+    assert kwargs["logits_to_keep"].dtype == torch.bool and kwargs["logits_to_keep"].shape == batch.input_ids.shape
     assert torch.isfinite(output["loss"])
 
 
@@ -124,6 +126,32 @@ def test_token_loss_matches_a_token_by_token_reference(model):
     assert len(terms) == 6  # " yes</s>", " red</s>", " 2</s>": one token and end-of-sequence each
     expected = torch.stack(terms).mean()
     torch.testing.assert_close(TokenCrossEntropy()(logits, labels).double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_logits_of_the_predicting_positions_alone_give_the_full_loss_and_its_gradients(model):
+    batch = training_batch(model)
+    labels = supervised_labels(MultiTurnMasking(), batch.input_ids, batch.token_role)
+    positions = predicting_positions(labels)
+    assert positions.sum() == 6 and not positions[:, -1].any()
+    losses, gradients = [], []
+    for logits_at in (None, positions):
+        model.zero_grad()
+        logits = model(batch.input_ids, batch.attention_mask, batch.pixel_values, logits_at=logits_at)
+        loss = TokenCrossEntropy()(logits, labels)
+        loss.backward()
+        losses.append(loss.detach())
+        gradients.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    model.zero_grad()
+    full, kept = model(batch.input_ids, batch.attention_mask, batch.pixel_values), logits.detach()
+    torch.testing.assert_close(kept, full[positions].detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    assert gradients[0].keys() == gradients[1].keys()
+    for name, gradient in gradients[0].items():
+        # The two graphs sum the same terms in another order: rounding, on the scale of each gradient.
+        scale = float(gradient.abs().max())
+        torch.testing.assert_close(gradients[1][name], gradient, rtol=1e-3, atol=1e-4 * scale + 1e-12, msg=name)
+    with pytest.raises(ValueError, match="6 supervised tokens"):
+        TokenCrossEntropy()(kept[:5], labels)
 
 
 def test_batch_without_supervised_tokens_gives_zero_loss_and_an_alert(model):

@@ -118,9 +118,13 @@ class VisionLanguageModel(nn.Module):
         attention_mask: torch.Tensor,
         pixel_values: torch.Tensor,
         image_grid_thw: torch.Tensor | None = None,
+        logits_at: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """Logits of every position (batch x length x vocab), or of the True positions of the boolean `logits_at`
+        alone (batch x length), flattened in row order (positions x vocab)."""
         images = self.image_arguments(input_ids, pixel_values, image_grid_thw)
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, **images).logits
+        kept = 0 if logits_at is None else logits_at
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, **images, logits_to_keep=kept).logits
 
     def tail_logits(
         self,

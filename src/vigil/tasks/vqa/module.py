@@ -31,6 +31,7 @@ from vigil.core.pictures import publish_figure
 from vigil.tasks.vqa.answers import answers_match, normalize_question
 from vigil.tasks.vqa.decoding import Decoder, DecodingName
 from vigil.tasks.vqa.health import health_alerts, health_stats
+from vigil.tasks.vqa.losses import predicting_positions
 from vigil.tasks.vqa.masking import VQAMasking, supervised_labels
 from vigil.tasks.vqa.metrics import PerTypeAccuracy
 from vigil.tasks.vqa.model import VISION_TOWER, VisionLanguageModel
@@ -102,9 +103,11 @@ class VQAModule(TaskModule):
         self.processor = context.processor
 
     def training_loss(self, batch: VQABatch) -> TrainingLoss:
-        """Token cross-entropy of the labels the masking supervises."""
+        """Token cross-entropy of the labels the masking supervises, from the logits of the positions that predict
+        them (the model computes no others)."""
         labels = supervised_labels(self.masking, batch.input_ids, batch.token_role)
-        return TrainingLoss(self.loss(self.forward_batch(batch), labels))
+        logits = self.model(**batch.model_inputs(), logits_at=predicting_positions(labels))
+        return TrainingLoss(self.loss(logits, labels))
 
     def evaluate(self, batch: VQABatch, split: str, batch_idx: int) -> None:
         """Decode and score every question of the batch; keep test rows for predictions.jsonl, and the first
