@@ -1,12 +1,13 @@
 """VQA training step: logits at the positions that predict a supervised token only, vs logits at every position.
 
 Both train the embedded default's model (the tiny FastVLM-style checkpoint, as `conf/` configures it) with the
-token cross-entropy and AdamW on the same batches of the embedded data, read by the real loader. A batch of 32
-sequences has about 4,500 positions and about 130 supervised tokens; the full side computes a vocabulary-sized row
-at every prompt and image token, which the loss never reads. With the default's 1,024-token vocabulary that head
-is a small share of the step (the ratio is near 1); the saving is in memory and compute of large vocabularies
-(Qwen2-VL's 151,646 tokens: a batch of 8 x 768 positions has 3.7 GB of float32 logits). The rounds alternate so
-that machine noise hits both alike; both sides' losses on the first batch are compared untimed (goal: equal).
+token cross-entropy and AdamW on the same batches of the embedded data, read by the real loader; one side through
+`VQAModule.training_loss` itself, the other from the full logits. A batch of 32 sequences has about 4,500
+positions and about 130 supervised tokens; the full side computes a vocabulary-sized row at every prompt and image
+token, which the loss never reads. With the default's 1,024-token vocabulary that head is a small share of the
+step (the ratio is near 1); the saving is in memory and compute of large vocabularies (Qwen2-VL's 151,646 tokens: a
+batch of 8 x 768 positions has 3.7 GB of float32 logits). The rounds alternate so that machine noise hits both
+alike; both sides' losses on the first batch are compared untimed (goal: equal).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import copy
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -23,6 +26,7 @@ from hydra.utils import instantiate
 from benchmarks.common import Row, median, spread
 from vigil.tasks.vqa.losses import TokenCrossEntropy, predicting_positions
 from vigil.tasks.vqa.masking import supervised_labels
+from vigil.tasks.vqa.module import VQAModule
 from vigil.train import CONF_DIR
 
 NAME = "vqa_step"
@@ -45,15 +49,23 @@ def default_setup(cache: str) -> tuple[Any, Any, list[Any]]:
     return instantiate(config.model), instantiate(config.masking), batches
 
 
-def step_loss(model: Any, masking: Any, batch: Any, only_predicting: bool) -> torch.Tensor:
-    """The token loss of one batch, from the predicting positions' logits or from every position's."""
-    labels = supervised_labels(masking, batch.input_ids, batch.token_role)
-    kept = predicting_positions(labels) if only_predicting else None
-    logits = model(batch.input_ids, batch.attention_mask, batch.pixel_values, logits_at=kept)
-    return TokenCrossEntropy()(logits, labels)
+def full_logits_loss(model: Any, masking: Any) -> Callable[[Any], torch.Tensor]:
+    """The token loss of a batch from every position's logits (the way before `predicting_positions`)."""
+
+    def loss_of(batch: Any) -> torch.Tensor:
+        labels = supervised_labels(masking, batch.input_ids, batch.token_role)
+        return TokenCrossEntropy()(model(batch.input_ids, batch.attention_mask, batch.pixel_values), labels)
+
+    return loss_of
 
 
-def round_seconds(model: Any, masking: Any, batches: list[Any], only_predicting: bool, args: Any) -> float:
+def module_loss(model: Any, masking: Any) -> Callable[[Any], torch.Tensor]:
+    """The token loss of a batch as `VQAModule.training_loss` computes it in training."""
+    module = VQAModule(model, TokenCrossEntropy(), masking, partial(torch.optim.AdamW, lr=1e-3))
+    return lambda batch: module.training_loss(batch).loss
+
+
+def round_seconds(model: Any, loss_of: Callable[[Any], torch.Tensor], batches: list[Any], args: Any) -> float:
     """Median seconds of a training step (forward, backward, AdamW) over one round."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     seconds = []
@@ -61,7 +73,7 @@ def round_seconds(model: Any, masking: Any, batches: list[Any], only_predicting:
         batch = batches[index % len(batches)]
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        step_loss(model, masking, batch, only_predicting).backward()
+        loss_of(batch).backward()
         optimizer.step()
         if index >= args.warmup:
             seconds.append(time.perf_counter() - start)
@@ -73,22 +85,23 @@ def vqa_step(args: Any) -> list[Row]:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as cache:
         model, masking, batches = default_setup(cache)
+    sides = {True: module_loss, False: full_logits_loss}
     with torch.no_grad():
         difference = abs(
-            step_loss(model, masking, batches[0], True).item() - step_loss(model, masking, batches[0], False).item()
+            sides[True](model, masking)(batches[0]).item() - sides[False](model, masking)(batches[0]).item()
         )
-    sides: dict[bool, list[float]] = {True: [], False: []}
+    seconds: dict[bool, list[float]] = {True: [], False: []}
     for _ in range(args.rounds):
-        for only_predicting in (True, False):
+        for only_predicting, loss in sides.items():
             copied = copy.deepcopy(model).train()
-            sides[only_predicting].append(round_seconds(copied, masking, batches, only_predicting, args))
-    ours, full = median(sides[True]), median(sides[False])
+            seconds[only_predicting].append(round_seconds(copied, loss(copied, masking), batches, args))
+    ours, full = median(seconds[True]), median(seconds[False])
     labels = [supervised_labels(masking, batch.input_ids, batch.token_role) for batch in batches]
     kept = sum(int(predicting_positions(label).sum()) for label in labels) / sum(label.numel() for label in labels)
     return [
         Row(NAME, "logit_positions_kept", kept, "fraction", note="of every position of the batches"),
-        Row(NAME, "step_s_predicting_positions", ours, "s", note=spread(sides[True]), samples=sides[True]),
-        Row(NAME, "step_s_every_position", full, "s", note=spread(sides[False]), samples=sides[False]),
+        Row(NAME, "step_s_predicting_positions", ours, "s", note=spread(seconds[True]), samples=seconds[True]),
+        Row(NAME, "step_s_every_position", full, "s", note=spread(seconds[False]), samples=seconds[False]),
         Row(NAME, "every_position_over_predicting", full / ours, "x", goal=">= 1"),
         Row(NAME, "loss_difference", difference, "", goal="< 1e-5"),
     ]
