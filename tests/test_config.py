@@ -10,6 +10,7 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from vigil.core import precision
 from vigil.core.config import TASK_GROUPS, check_target_arguments, validate_config
 from vigil.core.errors import ConfigError
 from vigil.train import CONF_DIR
@@ -110,6 +111,32 @@ def test_bf16_mixed_precision_builds_a_cpu_trainer():
     cfg.trainer.default_root_dir = "unused"
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
     assert trainer.precision == "bf16-mixed"
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "fast_bf16", "cuda", "expected"),
+    [
+        ("cpu", True, False, "bf16-mixed"),
+        ("cpu", False, False, "32-true"),
+        ("cpu", False, True, "32-true"),
+        ("auto", False, False, "32-true"),
+        ("auto", False, True, "bf16-mixed"),
+        ("gpu", False, True, "bf16-mixed"),
+    ],
+)
+def test_bf16_where_fast_keeps_float32_on_a_cpu_without_bf16_instructions(
+    monkeypatch: pytest.MonkeyPatch, accelerator: str, fast_bf16: bool, cuda: bool, expected: str
+):
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: fast_bf16)
+    monkeypatch.setattr(precision.torch.cuda, "is_available", lambda: cuda)
+    assert precision.bf16_where_fast(accelerator) == expected
+
+
+def test_vqa_trains_in_bf16_where_the_cpu_has_it_and_the_command_line_still_chooses():
+    cfg, _ = compose_train(["task=vqa"])
+    assert cfg.trainer.precision == ("bf16-mixed" if precision.cpu_has_fast_bf16() else "32-true")
+    assert compose_train(["task=vqa", "trainer=gpu"])[0].trainer.precision == "bf16-mixed"
+    assert compose_train(["task=vqa", "trainer.precision=32-true"])[0].trainer.precision == "32-true"
 
 
 def test_option_of_another_task_fails_naming_the_valid_ones():

@@ -193,7 +193,7 @@ GIVE_EACH_OTHER_AWAY = [
 
 
 @pytest.mark.parametrize("most_turns", [1, 3])
-def test_training_conversations_are_short_and_no_turn_is_answered_by_an_earlier_one(most_turns: int):
+def test_training_conversations_are_full_and_short_and_no_turn_is_answered_by_an_earlier_one(most_turns: int):
     rng = np.random.default_rng(0)
     spec = SyntheticVQA(training_turns=most_turns)
     for _ in range(200):
@@ -206,6 +206,9 @@ def test_training_conversations_are_short_and_no_turn_is_answered_by_an_earlier_
             for record in records
         ]
         assert sorted(q for texts in asked for q in texts) == sorted(q.question for q in questions), "each once"
+        per_group = [sum(1 for q in questions if q.group == group and not q.candidates) for group in (0, 1)]
+        offered = sum(1 for q in questions if q.candidates)
+        assert len(records) == sum(-(-n // most_turns) for n in per_group) + offered, "full conversations"
         conditional = {q.question for q in questions if q.conditional}
         for texts in asked:
             assert 1 <= len(texts) <= most_turns

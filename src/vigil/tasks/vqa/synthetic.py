@@ -13,9 +13,12 @@ questions single records), as instruction data is written: one sequence trains s
 for the cost of one system prompt and one set of image tokens. No turn can be answered from the text before it:
 the questions fall in two groups (the size range and the diameter, which give each other away, are in different
 ones), and each group asks first the questions every image is asked, then those that exist only for some scenes
-(a question about the polyp's colour says there is a polyp), cut into conversations of at most `training_turns`
-turns. Short conversations keep every question close to the image tokens, as evaluation asks it: with two long
-conversations per image the questions asked late in them were learned far worse. Evaluation images get single
+(a question about the polyp's colour says there is a polyp), cut into conversations of `training_turns` turns
+(a group's last one shorter when its questions run out). Short conversations keep every question close to the
+image tokens, as evaluation asks it: with two long conversations per image the questions asked late in them were
+learned far worse. Full three-turn conversations need 23% fewer sequences than ones of one to three turns drawn at
+random (4928 against 6434 on the default's 1200 scenes, for the same answers), and the first turn of each trains
+a question asked alone, as evaluation asks most. Evaluation images get single
 questions (a fraction of them one three-turn conversation), so each is answered from the image and its own text.
 
 Written as `train.jsonl`, `val.jsonl`, `test.jsonl` and `images/` (no image in two splits), and read back by
@@ -61,7 +64,7 @@ class SyntheticVQA:
     image_size: int = 64
     val_fraction: float = 0.15
     test_fraction: float = 0.15
-    # The most turns of one training conversation (1: single questions, like evaluation's).
+    # The turns of one training conversation (1: single questions, like evaluation's).
     training_turns: int = 3
     # Evaluation images whose questions are written as one three-turn conversation record.
     conversation_fraction: float = 0.2
@@ -224,8 +227,9 @@ def training_records(
     """A training image's conversations and its `mcq` questions as single records.
 
     The questions of each of the image's two groups are ordered always-asked first, then conditional (each part in
-    random order), and cut into conversations of 1 to `most_turns` turns. Short conversations keep every question
-    near the image tokens, where evaluation asks it; a later turn never learns its answer from an earlier one.
+    random order), and cut into conversations of `most_turns` turns, the last one shorter when the group's
+    questions run out. Short conversations keep every question near the image tokens, where evaluation asks it; a
+    later turn never learns its answer from an earlier one.
     """
     stem = Path(image).stem
     records = []
@@ -234,8 +238,7 @@ def training_records(
         turns = [asked[i] for i in rng.permutation(len(asked))]
         turns.sort(key=lambda q: q.conditional)
         while turns:
-            length = int(rng.integers(1, most_turns + 1))
-            chunk, turns = turns[:length], turns[length:]
+            chunk, turns = turns[:most_turns], turns[most_turns:]
             if len(chunk) == 1:
                 records.append(single_record(stem, image, questions.index(chunk[0]), chunk[0]))
             else:
