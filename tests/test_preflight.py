@@ -326,3 +326,26 @@ def test_debug_preflight_runs_the_checks_alone_and_logs_them(cli, tmp_path: Path
     assert not (run / "checkpoints").exists() and not (run / "metrics.json").exists()
     logged = (run / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"preflight/blind_loss_ratio", "preflight/leak_fraction", "preflight/no_gradient"} <= set(logged)
+
+
+def test_blind_baseline_trains_in_the_trainers_precision(synthetic_cache: Path, monkeypatch):
+    built = build("segmentation", synthetic_cache)
+    built.trainer = pl.Trainer(
+        default_root_dir=built.trainer.default_root_dir,
+        logger=False,
+        enable_progress_bar=False,
+        devices=1,
+        precision="bf16-mixed",
+    )
+    autocast: list[bool] = []
+    training_loss = built.module.training_loss
+
+    def recording(batch: Batch):
+        autocast.append(torch.is_autocast_enabled("cpu"))
+        return training_loss(batch)
+
+    monkeypatch.setattr(built.module, "training_loss", recording)
+    settings = dataclasses.replace(built.settings, checks=("blind_baseline",), blind_steps=3)
+    preflight.run_preflight(built.module, built.datamodule, settings, built.trainer)
+    # Three steps and the loss of each batch, for the real images and again for the constant ones.
+    assert len(autocast) == 2 * (3 + settings.blind_batches) and all(autocast)

@@ -141,7 +141,12 @@ def run_preflight(
             "independence": lambda: check_independence(module, batch, settings.probe_samples),
             "init_loss": lambda: check_init_loss(module, batch, settings.init_loss_factor),
             "blind_baseline": lambda: check_blind_baseline(
-                module, batches, settings.blind_steps, settings.min_blind_loss_ratio, restore
+                module,
+                batches,
+                settings.blind_steps,
+                settings.min_blind_loss_ratio,
+                restore,
+                precision=trainer.precision_plugin.forward_context,
             ),
             "batch_picture": lambda: draw_batch(module, batch, trainer),
             "leakage": lambda: check_leakage(datamodule, settings),
@@ -350,14 +355,20 @@ def check_init_loss(module: TaskModule, batch: Batch, factor: float) -> CheckRes
 
 
 def check_blind_baseline(
-    module: TaskModule, batches: list[Batch], steps: int, min_ratio: float, restore: Callable[[], None]
+    module: TaskModule,
+    batches: list[Batch],
+    steps: int,
+    min_ratio: float,
+    restore: Callable[[], None],
+    precision: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
 ) -> CheckResult:
     """Train `steps` steps from the initial weights on the real batches, then (after `restore`, from the same
     weights and random state) on the same batches with every image input replaced by a constant; the blind run
-    must end with a clearly higher loss."""
-    real = short_training_loss(module, batches, steps)
+    must end with a clearly higher loss. `precision`: the context the run's forward passes run in (the trainer's
+    autocast), so that both short trainings compute as the run does."""
+    real = short_training_loss(module, batches, steps, precision)
     restore()
-    blind = short_training_loss(module, [constant_images(batch) for batch in batches], steps)
+    blind = short_training_loss(module, [constant_images(batch) for batch in batches], steps, precision)
     ratio = blind / real if real > 0 else math.inf
     details = {"real_loss": real, "blind_loss": blind, "steps": steps, "batches": len(batches)}
     if ratio < min_ratio:
@@ -373,21 +384,29 @@ def check_blind_baseline(
     return CheckResult("blind_baseline", "pass", ratio, f"blind loss {blind:.4g} vs real {real:.4g}", details)
 
 
-def short_training_loss(module: TaskModule, batches: list[Batch], steps: int) -> float:
-    """The mean training loss on `batches` after `steps` optimizer steps on them.
+def short_training_loss(
+    module: TaskModule,
+    batches: list[Batch],
+    steps: int,
+    precision: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+) -> float:
+    """The mean training loss on `batches` after `steps` optimizer steps on them, the forward passes in
+    `precision`.
 
-    The configured optimizer without its scheduler. The loss is measured in training mode, as training sees it:
-    batch-norm statistics of constant images, still converging after so few steps, would otherwise dominate the
-    blind run's loss.
+    The configured optimizer without its scheduler (and without a float16 run's loss scaling). The loss is
+    measured in training mode, as training sees it: batch-norm statistics of constant images, still converging
+    after so few steps, would otherwise dominate the blind run's loss.
     """
     optimizer = configured_optimizer(module)
     module.train()
     for step in range(steps):
         optimizer.zero_grad(set_to_none=True)
-        module.training_loss(batches[step % len(batches)]).loss.backward()
+        with precision():
+            loss = module.training_loss(batches[step % len(batches)]).loss
+        loss.backward()
         optimizer.step()
     module.zero_grad(set_to_none=True)
-    with torch.no_grad():
+    with torch.no_grad(), precision():
         return sum(float(module.training_loss(batch).loss) for batch in batches) / len(batches)
 
 

@@ -187,6 +187,7 @@ def vision_language_model(
     dtype: str = "float32",
     gradient_checkpointing: bool = False,
     quantization: QuantizationName | None = None,
+    attn_implementation: str | None = None,
 ) -> VisionLanguageModel:
     """Load a checkpoint (hub name, folder, or `tiny`) with its tokenizer, then freeze and adapt it.
 
@@ -197,13 +198,17 @@ def vision_language_model(
     - `dtype`: the weights' dtype (`bfloat16` halves a large model's memory; mixed precision is the trainer's).
     - `gradient_checkpointing`: recompute activations in the backward pass (memory for compute).
     - `quantization`: `4bit` (NF4) or `8bit` base weights through bitsandbytes, for QLoRA (`quantization.py`).
+    - `attn_implementation`: transformers' attention kernel (`eager`, `sdpa`, `flash_attention_2`); None: its own
+      choice.
     """
     if dtype not in DTYPES:
         raise ConfigError(f"model.dtype={dtype} is not a dtype; valid: {', '.join(DTYPES)}")
     bits = quantization_config(quantization, has_lora=bool(lora))
     path = resolve_checkpoint(name_or_path, Path(cache_dir), tiny)
     # from_pretrained returns a model in eval mode; Lightning keeps the modes it finds, so dropout would stay off.
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=DTYPES[dtype], quantization_config=bits).train()
+    model = AutoModelForImageTextToText.from_pretrained(
+        path, dtype=DTYPES[dtype], quantization_config=bits, attn_implementation=attn_implementation
+    ).train()
     model = prepare_for_training(model, bits is not None, gradient_checkpointing)
     tokenizer = load_processor(name_or_path, Path(cache_dir), tiny).tokenizer
     patterns = [VISION_TOWER] if freeze_vision_tower else []
