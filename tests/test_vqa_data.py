@@ -14,6 +14,7 @@ from vigil.core.errors import ConfigError, DataError
 from vigil.core.files import RecordPolicy, seeded_split
 from vigil.tasks.vqa import data as data_module
 from vigil.tasks.vqa import images as images_module
+from vigil.tasks.vqa import synthetic
 from vigil.tasks.vqa.answers import build_candidates
 from vigil.tasks.vqa.data import RecordReader, VQADataModule, check_disjoint, split_by_image
 from vigil.tasks.vqa.images import DecodedImages
@@ -408,3 +409,20 @@ def test_decoded_images_are_kept_until_the_budget_is_full(tmp_path: Path, monkey
 def test_a_negative_image_cache_is_a_config_error(tmp_path: Path):
     with pytest.raises(ConfigError, match=r"^data\.image_cache_mb=-1: "):
         datamodule(tmp_path, tmp_path, image_cache_mb=-1)
+
+
+def test_scenes_drawn_in_processes_are_the_ones_drawn_in_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    spec = SyntheticVQA(num_images=12, image_size=32)
+    for kind in ("serial", "pool"):
+        (tmp_path / kind).mkdir()
+    spec.write(tmp_path / "serial")
+    monkeypatch.setattr(synthetic, "POOL_MIN_SCENES", 4)
+    monkeypatch.setattr(synthetic, "available_cpus", lambda: 2)
+    spec.write(tmp_path / "pool")
+    for name in ("train.jsonl", "val.jsonl", "test.jsonl"):
+        assert (tmp_path / "serial" / name).read_text() == (tmp_path / "pool" / name).read_text()
+    images = sorted(path.name for path in (tmp_path / "serial" / "images").iterdir())
+    assert len(images) == 12 and images == sorted(path.name for path in (tmp_path / "pool" / "images").iterdir())
+    for name in images:
+        serial, pool = (np.asarray(Image.open(tmp_path / kind / "images" / name)) for kind in ("serial", "pool"))
+        assert np.array_equal(serial, pool), name

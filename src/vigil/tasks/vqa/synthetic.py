@@ -27,7 +27,9 @@ the same loader as real data.
 
 from __future__ import annotations
 
+import functools
 import json
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -35,6 +37,7 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from vigil.core.data import available_cpus
 from vigil.core.errors import ConfigError
 from vigil.core.files import SPLITS
 
@@ -52,6 +55,8 @@ MAX_POLYPS = {4: 3, 8: 3, 15: 2, 25: 1}
 ROWS = ("upper", "center", "lower")
 COLUMNS = ("left", "center", "right")
 NUMBER_WORDS = ("zero", "one", "two", "three")
+# Fewer scenes than this a process are drawn in this one.
+POOL_MIN_SCENES = 200
 
 
 @dataclass(frozen=True)
@@ -112,17 +117,38 @@ def write_scenes(root: Path, spec: SyntheticVQA) -> None:
     rng = np.random.default_rng(spec.seed)
     (root / IMAGE_DIR).mkdir()
     records: dict[str, list[dict[str, Any]]] = {split: [] for split in SPLITS}
+    scenes = []
     for index, split in enumerate(assign_splits(rng, spec)):
         scene = draw_scene(rng, spec)
+        scenes.append(scene)
         name = f"{IMAGE_DIR}/scene_{index:05d}.png"
-        Image.fromarray(render(rng, scene, spec.image_size)).save(root / name)
         questions = ask(rng, scene, spec)
         if split == "train":
             records[split] += training_records(rng, name, questions, spec.training_turns)
         else:
             records[split] += as_records(rng, name, questions, spec.conversation_fraction)
+    draw_images(root, spec, scenes)
     for split, rows in records.items():
         (root / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def draw_images(root: Path, spec: SyntheticVQA, scenes: list[Scene]) -> None:
+    """Render and save every scene's image, spread over the machine's CPUs when there are enough to repay
+    starting the processes (drawing at 4x is most of the time it takes to write the data)."""
+    paths = [root / IMAGE_DIR / f"scene_{index:05d}.png" for index in range(len(scenes))]
+    draw = functools.partial(draw_image, seed=spec.seed, size=spec.image_size)
+    processes = min(available_cpus(), len(scenes) // POOL_MIN_SCENES)
+    if processes < 2:
+        for index, (path, scene) in enumerate(zip(paths, scenes, strict=True)):
+            draw(path, index, scene)
+        return
+    with ProcessPoolExecutor(processes) as pool:
+        list(pool.map(draw, paths, range(len(scenes)), scenes, chunksize=32))
+
+
+def draw_image(path: Path, index: int, scene: Scene, seed: int, size: int) -> None:
+    """Render scene `index` from its own random stream (the same in any process) and save it."""
+    Image.fromarray(render(np.random.default_rng([seed, index]), scene, size)).save(path)
 
 
 def assign_splits(rng: np.random.Generator, spec: SyntheticVQA) -> list[str]:
