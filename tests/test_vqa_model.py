@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaProcessor, get_cosine_schedule_with_warmup
 
@@ -203,6 +204,25 @@ def test_freeze_vision_tower_freezes_the_vision_encoder_only(synthetic_cache: Pa
     frozen = vision_language_model("tiny", cache_dir=str(synthetic_cache), freeze_vision_tower=True)
     for name, parameter in frozen.named_parameters():
         assert parameter.requires_grad == ("vision_tower" not in name), name
+
+
+def test_attention_kernel_is_chosen_per_sub_model_and_gives_the_same_loss(synthetic_cache: Path, model):
+    chosen = {"text_config": "eager"}
+    sdpa, eager = (
+        vision_language_model("tiny", cache_dir=str(synthetic_cache), attn_implementation=kernel).eval()
+        for kernel in (None, OmegaConf.create(chosen))
+    )
+    assert eager.model.config.text_config._attn_implementation == "eager"
+    assert sdpa.model.config.text_config._attn_implementation == "sdpa"
+    assert eager.model.config.vision_config._attn_implementation == sdpa.model.config.vision_config._attn_implementation
+    batch = training_batch(model)
+    labels = supervised_labels(MultiTurnMasking(), batch.input_ids, batch.token_role)
+    with torch.no_grad():
+        losses = [
+            TokenCrossEntropy()(vlm(batch.input_ids, batch.attention_mask, batch.pixel_values), labels)
+            for vlm in (sdpa, eager)
+        ]
+    assert torch.allclose(losses[0], losses[1], atol=1e-5)
 
 
 def test_a_qwen2_vl_checkpoint_trains_with_lora_and_decodes_through_the_same_path(synthetic_cache: Path):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -187,7 +187,7 @@ def vision_language_model(
     dtype: str = "float32",
     gradient_checkpointing: bool = False,
     quantization: QuantizationName | None = None,
-    attn_implementation: str | None = None,
+    attn_implementation: str | Mapping[str, str] | None = None,
 ) -> VisionLanguageModel:
     """Load a checkpoint (hub name, folder, or `tiny`) with its tokenizer, then freeze and adapt it.
 
@@ -198,8 +198,8 @@ def vision_language_model(
     - `dtype`: the weights' dtype (`bfloat16` halves a large model's memory; mixed precision is the trainer's).
     - `gradient_checkpointing`: recompute activations in the backward pass (memory for compute).
     - `quantization`: `4bit` (NF4) or `8bit` base weights through bitsandbytes, for QLoRA (`quantization.py`).
-    - `attn_implementation`: transformers' attention kernel (`eager`, `sdpa`, `flash_attention_2`); None: its own
-      choice.
+    - `attn_implementation`: transformers' attention kernel (`eager`, `sdpa`, `flash_attention_2`), or one per
+      sub-model (`{text_config: eager}`); None: its own choice.
     """
     if dtype not in DTYPES:
         raise ConfigError(f"model.dtype={dtype} is not a dtype; valid: {', '.join(DTYPES)}")
@@ -207,7 +207,12 @@ def vision_language_model(
     path = resolve_checkpoint(name_or_path, Path(cache_dir), tiny)
     # from_pretrained returns a model in eval mode; Lightning keeps the modes it finds, so dropout would stay off.
     model = AutoModelForImageTextToText.from_pretrained(
-        path, dtype=DTYPES[dtype], quantization_config=bits, attn_implementation=attn_implementation
+        path,
+        dtype=DTYPES[dtype],
+        quantization_config=bits,
+        attn_implementation=dict(attn_implementation)
+        if isinstance(attn_implementation, Mapping)
+        else attn_implementation,
     ).train()
     model = prepare_for_training(model, bits is not None, gradient_checkpointing)
     tokenizer = load_processor(name_or_path, Path(cache_dir), tiny).tokenizer
