@@ -9,17 +9,17 @@ size_numeric, location (3 x 3 grid, for a single polyp), mcq (with `answer_candi
 (procedure, instrument). Records carry no `question_type`: the loader infers it, as for real data.
 
 A training image's questions are written as short multi-turn records in LLaVA's `conversations` form (its `mcq`
-questions single records), as instruction data is written: one sequence trains several answers about one image,
-for the cost of one system prompt and one set of image tokens. No turn can be answered from the text before it:
-the questions fall in two groups (the size range and the diameter, which give each other away, are in different
-ones), and each group asks first the questions every image is asked, then those that exist only for some scenes
-(a question about the polyp's colour says there is a polyp), cut into conversations of `training_turns` turns
-(a group's last one shorter when its questions run out). Short conversations keep every question close to the
-image tokens, as evaluation asks it: with two long conversations per image the questions asked late in them were
-learned far worse. Full three-turn conversations need 23% fewer sequences than ones of one to three turns drawn at
-random (4928 against 6434 on the default's 1200 scenes, for the same answers), and the first turn of each trains
-a question asked alone, as evaluation asks most. Evaluation images get single
-questions (a fraction of them one three-turn conversation), so each is answered from the image and its own text.
+questions single records), as instruction data is written: one sequence trains several answers about one image, for
+the cost of one system prompt and one set of image tokens. No turn can be answered from the text before it: the
+questions fall in two groups (the size range and the diameter, which give each other away, are in different ones),
+and each group asks first the questions every image is asked, then those that exist only for some scenes (a question
+about the polyp's colour says there is a polyp), cut into conversations of `training_turns` turns (a group's last
+one shorter when its questions run out). Short conversations keep every question close to the image tokens, as
+evaluation asks it: with two long conversations per image the questions asked late in them were learned far worse.
+Full three-turn conversations need 23% fewer sequences than ones of one to three turns drawn at random (4942 against
+6434 on the default's 1200 scenes, for the same answers), and the first turn of each trains a question asked alone,
+as evaluation asks most. Evaluation images get single questions (a fraction of them one three-turn conversation), so
+each is answered from the image and its own text.
 
 Written as `train.jsonl`, `val.jsonl`, `test.jsonl` and `images/` (no image in two splits), and read back by
 the same loader as real data.
@@ -117,25 +117,25 @@ def write_scenes(root: Path, spec: SyntheticVQA) -> None:
     rng = np.random.default_rng(spec.seed)
     (root / IMAGE_DIR).mkdir()
     records: dict[str, list[dict[str, Any]]] = {split: [] for split in SPLITS}
-    scenes = []
+    scenes, names = [], []
     for index, split in enumerate(assign_splits(rng, spec)):
         scene = draw_scene(rng, spec)
-        scenes.append(scene)
         name = f"{IMAGE_DIR}/scene_{index:05d}.png"
+        scenes.append(scene)
+        names.append(name)
         questions = ask(rng, scene, spec)
         if split == "train":
             records[split] += training_records(rng, name, questions, spec.training_turns)
         else:
             records[split] += as_records(rng, name, questions, spec.conversation_fraction)
-    draw_images(root, spec, scenes)
+    draw_images([root / name for name in names], scenes, spec)
     for split, rows in records.items():
         (root / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
-def draw_images(root: Path, spec: SyntheticVQA, scenes: list[Scene]) -> None:
-    """Render and save every scene's image, spread over the machine's CPUs when there are enough to repay
-    starting the processes (drawing at 4x is most of the time it takes to write the data)."""
-    paths = [root / IMAGE_DIR / f"scene_{index:05d}.png" for index in range(len(scenes))]
+def draw_images(paths: list[Path], scenes: list[Scene], spec: SyntheticVQA) -> None:
+    """Render and save every scene's image to its path, spread over the machine's CPUs when there are enough to
+    repay starting the processes (drawing at 4x is most of the time it takes to write the data)."""
     draw = functools.partial(draw_image, seed=spec.seed, size=spec.image_size)
     processes = min(available_cpus(), len(scenes) // POOL_MIN_SCENES)
     if processes < 2:
