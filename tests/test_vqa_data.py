@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,16 @@ from vigil.tasks.vqa.data import RecordReader, VQADataModule, check_disjoint, sp
 from vigil.tasks.vqa.images import DecodedImages
 from vigil.tasks.vqa.lengths import LengthGroupedShuffle
 from vigil.tasks.vqa.question_types import QUESTION_TYPES, QuestionTypeRules
-from vigil.tasks.vqa.synthetic import SyntheticVQA, ask, draw_scene, training_records
+from vigil.tasks.vqa.synthetic import (
+    FIELD_OF_VIEW_MM,
+    Scene,
+    SyntheticVQA,
+    ask,
+    draw_scene,
+    location,
+    render,
+    training_records,
+)
 
 RULES = [
     {"type": "count_numeric", "pattern": r"^how many\b"},
@@ -207,9 +217,10 @@ def test_training_conversations_are_full_and_short_and_no_turn_is_answered_by_an
             for record in records
         ]
         assert sorted(q for texts in asked for q in texts) == sorted(q.question for q in questions), "each once"
-        per_group = [sum(1 for q in questions if q.group == group and not q.candidates) for group in (0, 1)]
-        offered = sum(1 for q in questions if q.candidates)
-        assert len(records) == sum(-(-n // most_turns) for n in per_group) + offered, "full conversations"
+        per_group = [sum(1 for q in questions if q.group == group and not q.alone) for group in (0, 1)]
+        alone = {q.question for q in questions if q.alone}
+        assert len(records) == sum(-(-n // most_turns) for n in per_group) + len(alone), "full conversations"
+        assert {q for texts in asked if len(texts) == 1 for q in texts} >= alone, "mcq and location asked alone"
         conditional = {q.question for q in questions if q.conditional}
         for texts in asked:
             assert 1 <= len(texts) <= most_turns
@@ -426,3 +437,35 @@ def test_scenes_drawn_in_processes_are_the_ones_drawn_in_one(tmp_path: Path, mon
     for name in images:
         serial, pool = (np.asarray(Image.open(tmp_path / kind / "images" / name)) for kind in ("serial", "pool"))
         assert np.array_equal(serial, pool), name
+
+
+def test_a_single_polyps_cell_is_drawn_uniformly_and_asked_only_where_it_could_be_elsewhere():
+    rng = np.random.default_rng(0)
+    spec = SyntheticVQA()
+    cells: dict[int, Counter] = {mm: Counter() for mm in (4, 8, 15, 25)}
+    for _ in range(8000):
+        scene = draw_scene(rng, spec)
+        asked = {q.question: q.answer for q in ask(rng, scene, spec)}
+        if len(scene.polyps) == 1:
+            cells[scene.polyp_mm][location(*scene.polyps[0])] += 1
+            assert ("Where in the image is the polyp?" in asked) == (scene.polyp_mm != 25)
+    # 9 cells for the small polyps, the 6 above the instruments for 15 mm, only the centre for 25 mm.
+    for mm, expected in ((4, 9), (8, 9), (15, 6)):
+        counts = np.array(list(cells[mm].values()))
+        assert len(counts) == expected and counts.min() > 0.6 * counts.mean(), (mm, cells[mm])
+    assert set(cells[25]) == {"center"}
+
+
+def test_a_polyps_highlight_faces_the_light_at_the_image_centre():
+    radius = 15 / FIELD_OF_VIEW_MM / 2
+    for x, y in ((0.25, 0.25), (0.75, 0.5), (0.5, 0.5)):
+        scene = Scene("colonoscopy", "red", 15, ((x, y),), "silver", "polyp snare", ())
+        image = render(np.random.default_rng(0), scene, 192).astype(int)
+        rows, columns = np.nonzero(image.min(axis=2) > 200)
+        shift = np.array([columns.mean() / 192 - x, rows.mean() / 192 - y]) / radius
+        towards_centre = np.array([0.5 - x, 0.5 - y])
+        if not towards_centre.any():
+            assert np.hypot(*shift) < 0.1, shift
+            continue
+        cosine = shift @ towards_centre / (np.hypot(*shift) * np.hypot(*towards_centre))
+        assert cosine > 0.95 and 0.3 < np.hypot(*shift) < 0.7, (x, y, shift)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from vigil.core.errors import ConfigError
 from vigil.core.files import RecordPolicy
 from vigil.tasks.vqa import health
 from vigil.tasks.vqa.health import audit_splits
@@ -249,6 +250,27 @@ def test_image_segments_after_the_first_of_a_size_are_the_processors_own(synthet
         assert tensors.keys() == expected.keys()
         assert all(torch.equal(tensors[key], expected[key]) for key in expected)
     assert fresh.image_processor_alone is True
+
+
+def test_a_row_separator_ends_each_row_of_the_image_tokens_and_the_model_gets_them_all(synthetic_cache: Path):
+    processor = load_processor("tiny", synthetic_cache, None)
+    separated = PromptEncoder(processor, image_row_separator="\n")
+    ids, _ = separated.image_segment(Image.new("RGB", (64, 64)))
+    image_token = processor.tokenizer.convert_tokens_to_ids("<image>")
+    newline = processor.tokenizer("\n", add_special_tokens=False)["input_ids"]
+    side = TinyLlava.image_size // TinyLlava.vision_stride
+    assert ids == ([image_token] * side + newline) * side
+    encoding = separated.encode((ids, {}), TURNS)
+    assert encoding.input_ids.count(image_token) == IMAGE_TOKENS
+    unseparated = PromptEncoder(processor)
+    plain = unseparated.encode(unseparated.image_segment(Image.new("RGB", (64, 64))), TURNS)
+    assert len(encoding.input_ids) == len(plain.input_ids) + side * len(newline)
+
+
+def test_a_row_separator_is_refused_where_image_positions_come_from_the_grid(synthetic_cache: Path):
+    separated = PromptEncoder(load_processor("tiny_qwen2_vl", synthetic_cache, None), image_row_separator="\n")
+    with pytest.raises(ConfigError, match=r"image_grid_thw\); set data.image_row_separator=null"):
+        separated.image_segment(Image.new("RGB", (64, 64)))
 
 
 class DoublingProcessor:

@@ -15,6 +15,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaProcessor, get_cosine_schedule_with_warmup
 
 from vigil.core.batch import check_forward_accepts, fields_with_role, meta
+from vigil.core.errors import ConfigError
 from vigil.core.preflight import configured_optimizer
 from vigil.tasks.vqa.data import VQACollate
 from vigil.tasks.vqa.health import health_alerts, health_stats
@@ -223,6 +224,12 @@ def test_attention_kernel_is_chosen_per_sub_model_and_gives_the_same_loss(synthe
             for vlm in (sdpa, eager)
         ]
     assert torch.allclose(losses[0], losses[1], atol=1e-5)
+
+
+def test_row_separators_are_refused_for_a_model_whose_image_positions_come_from_the_grid(synthetic_cache: Path):
+    with pytest.raises(ConfigError, match=r"tiny_qwen2_vl takes its image tokens' positions from their grid"):
+        vision_language_model("tiny_qwen2_vl", cache_dir=str(synthetic_cache), image_row_separator="\n")
+    assert vision_language_model("tiny", cache_dir=str(synthetic_cache), image_row_separator="\n")
 
 
 def test_a_qwen2_vl_checkpoint_trains_with_lora_and_decodes_through_the_same_path(synthetic_cache: Path):

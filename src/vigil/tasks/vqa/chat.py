@@ -46,6 +46,7 @@ def prompt_encoder(
     show_candidates: bool = True,
     system_prompt: str = SYSTEM_PROMPT,
     max_listed_candidates: int = MAX_LISTED_CANDIDATES,
+    image_row_separator: str | None = None,
 ) -> PromptEncoder:
     """The encoder of `prompt`: the processor's chat template (`auto` when it has one) or the plain template."""
     check_prompt(prompt)
@@ -56,8 +57,10 @@ def prompt_encoder(
             "(use data.prompt=plain)"
         )
     if prompt == "plain" or not has_template:
-        return PromptEncoder(processor, image_placeholder, show_candidates, system_prompt, max_listed_candidates)
-    return ChatTemplateEncoder(processor, show_candidates, system_prompt, max_listed_candidates)
+        return PromptEncoder(
+            processor, image_placeholder, show_candidates, system_prompt, max_listed_candidates, image_row_separator
+        )
+    return ChatTemplateEncoder(processor, show_candidates, system_prompt, max_listed_candidates, image_row_separator)
 
 
 def check_prompt(prompt: str) -> None:
@@ -78,8 +81,11 @@ class ChatTemplateEncoder(PromptEncoder):
         show_candidates: bool = True,
         system_prompt: str = SYSTEM_PROMPT,
         max_listed_candidates: int = MAX_LISTED_CANDIDATES,
+        image_row_separator: str | None = None,
     ) -> None:
-        super().__init__(processor, processor.image_token, show_candidates, system_prompt, max_listed_candidates)
+        super().__init__(
+            processor, processor.image_token, show_candidates, system_prompt, max_listed_candidates, image_row_separator
+        )
         self.end_text, self.answer_format = self.find_answer_format()
 
     def encode(self, image: ImageSegment, turns: Sequence[Turn], final_answer: bool = True) -> Encoding:

@@ -170,6 +170,7 @@ class VQADataModule(TaskDataModule):
         tiny: dict[str, Any] | None = None,
         processor_kwargs: dict[str, Any] | None = None,
         image_placeholder: str | None = None,
+        image_row_separator: str | None = None,
         prompt: PromptName = "auto",
         system_prompt: str = SYSTEM_PROMPT,
         format: Format = "auto",
@@ -202,6 +203,7 @@ class VQADataModule(TaskDataModule):
         self.tiny = tiny
         self.processor_kwargs = dict(processor_kwargs or {})
         self.image_placeholder = image_placeholder
+        self.image_row_separator = image_row_separator
         self.prompt = prompt
         self.system_prompt = system_prompt
         self.format = format
@@ -238,6 +240,7 @@ class VQADataModule(TaskDataModule):
             self.show_candidates,
             self.system_prompt,
             self.max_listed_candidates,
+            self.image_row_separator,
         )
         self.images = DecodedImages(processor.image_processor, self.image_cache_mb * 2**20)
 

@@ -188,6 +188,7 @@ def vision_language_model(
     gradient_checkpointing: bool = False,
     quantization: QuantizationName | None = None,
     attn_implementation: str | Mapping[str, str] | None = None,
+    image_row_separator: str | None = None,
 ) -> VisionLanguageModel:
     """Load a checkpoint (hub name, folder, or `tiny`) with its tokenizer, then freeze and adapt it.
 
@@ -200,6 +201,8 @@ def vision_language_model(
     - `quantization`: `4bit` (NF4) or `8bit` base weights through bitsandbytes, for QLoRA (`quantization.py`).
     - `attn_implementation`: transformers' attention kernel (`eager`, `sdpa`, `flash_attention_2`), or one per
       sub-model (`{text_config: eager}`); None: its own choice.
+    - `image_row_separator`: the text this model's prompts write after each row of image tokens (the data's
+      `image_row_separator` follows it); refused for a model whose positions come from the image grid (M-RoPE).
     """
     if dtype not in DTYPES:
         raise ConfigError(f"model.dtype={dtype} is not a dtype; valid: {', '.join(DTYPES)}")
@@ -214,6 +217,11 @@ def vision_language_model(
         if isinstance(attn_implementation, Mapping)
         else attn_implementation,
     ).train()
+    if image_row_separator and hasattr(getattr(model, "model", model), "get_rope_index"):
+        raise ConfigError(
+            f"model.image_row_separator: {name_or_path} takes its image tokens' positions from their grid (M-RoPE), "
+            "which text between their rows would break; set model.image_row_separator=null"
+        )
     model = prepare_for_training(model, bits is not None, gradient_checkpointing)
     tokenizer = load_processor(name_or_path, Path(cache_dir), tiny).tokenizer
     patterns = [VISION_TOWER] if freeze_vision_tower else []

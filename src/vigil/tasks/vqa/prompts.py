@@ -22,6 +22,7 @@ to stop; the image segment is whatever the checkpoint's processor expands its pl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -29,6 +30,8 @@ from typing import Any
 
 import torch
 from PIL import Image
+
+from vigil.core.errors import ConfigError
 
 # What a processor returns per token rather than per image (the model derives modality ids from the tokens).
 TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
@@ -124,7 +127,9 @@ class PromptEncoder:
     """Tokenises conversations about an image into the template, segment by segment, with a role per token.
 
     `image_placeholder` is the text the processor expands into image tokens (LLaVA: `<image>`; Qwen2-VL:
-    `<|vision_start|><|image_pad|><|vision_end|>`); None takes the processor's `image_token`. A turn's candidates
+    `<|vision_start|><|image_pad|><|vision_end|>`); None takes the processor's `image_token`. An
+    `image_row_separator` (text) is written after each row of a square grid of image tokens, as LLaVA-NeXT ends
+    each row with its image newline: an image token's column is then its distance from a separator. A turn's candidates
     are listed when `show_candidates` is set and there are at most `max_listed_candidates` of them. An empty
     `system_prompt` writes no `System:` line.
     """
@@ -136,10 +141,12 @@ class PromptEncoder:
         show_candidates: bool = True,
         system_prompt: str = SYSTEM_PROMPT,
         max_listed_candidates: int = MAX_LISTED_CANDIDATES,
+        image_row_separator: str | None = None,
     ) -> None:
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.image_placeholder = image_placeholder or processor.image_token
+        self.image_row_separator = image_row_separator
         self.show_candidates = show_candidates
         self.max_listed_candidates = max_listed_candidates
         self.system_prompt = system_prompt
@@ -196,10 +203,35 @@ class PromptEncoder:
         )
         image_inputs = {key: value for key, value in output.items() if key not in TOKEN_KEYS}
         ids = output["input_ids"][0].tolist()
+        if self.image_row_separator:
+            ids = self.separate_rows(ids, image_inputs)
         self.expansion_of_size[image.size] = ids
         if self.image_processor_alone is None:
             self.image_processor_alone = same_tensors(self.image_tensors(image), image_inputs)
         return ids, image_inputs
+
+    def separate_rows(self, ids: list[int], image_inputs: dict[str, torch.Tensor]) -> list[int]:
+        """The placeholder's expansion with the row separator's tokens after each row of its image tokens, which
+        must be one run of a square number; refused where the image tokens' positions come from their grid
+        (Qwen2-VL's `image_grid_thw`), which text between them would break."""
+        name = self.tokenizer.name_or_path
+        if "image_grid_thw" in image_inputs:
+            raise ConfigError(
+                f"data.image_row_separator: the image tokens of {name} take their positions from the image grid "
+                "(image_grid_thw); set data.image_row_separator=null"
+            )
+        image_id = self.tokenizer.convert_tokens_to_ids(self.processor.image_token)
+        first = ids.index(image_id) if image_id in ids else 0
+        count = ids.count(image_id)
+        side = math.isqrt(count)
+        if count == 0 or side * side != count or ids[first : first + count] != [image_id] * count:
+            raise ConfigError(
+                f"data.image_row_separator: the processor of {name} expands the image into {count} image tokens, "
+                "not one run of a square grid; set data.image_row_separator=null"
+            )
+        separator = self.text_ids(self.image_row_separator)
+        rows = [ids[start : start + side] + separator for start in range(first, first + count, side)]
+        return [*ids[:first], *(token for row in rows for token in row), *ids[first + count :]]
 
     def image_tensors(self, image: Image.Image) -> dict[str, torch.Tensor]:
         """The image processor's tensors of one image, as the processor's call returns them."""

@@ -8,18 +8,27 @@ Counts are written as digits and some as words. Questions of every type: yes_no,
 size_numeric, location (3 x 3 grid, for a single polyp), mcq (with `answer_candidates`) and open_ended
 (procedure, instrument). Records carry no `question_type`: the loader infers it, as for real data.
 
+A single polyp lies in a grid cell drawn uniformly from those it fits in, its centre away from the cell's borders,
+so that where it is cannot be guessed from the question (placed freely, 46% of them were in the centre). Its
+location is asked only when it fits in more than one cell: a 25 mm polyp, half the field wide, is always central.
+Its specular highlight sits on the side facing the scope's light at the image centre, as in real endoscopy: the
+side a polyp is on is then seen on the polyp itself. The language model finds an image token's row from its
+distance to the question (rotary positions), but did not learn the column from token order alone (test column
+accuracy 25-39%, chance 33%, in six runs).
+
 A training image's questions are written as short multi-turn records in LLaVA's `conversations` form (its `mcq`
-questions single records), as instruction data is written: one sequence trains several answers about one image, for
-the cost of one system prompt and one set of image tokens. No turn can be answered from the text before it: the
-questions fall in two groups (the size range and the diameter, which give each other away, are in different ones),
-and each group asks first the questions every image is asked, then those that exist only for some scenes (a question
-about the polyp's colour says there is a polyp), cut into conversations of `training_turns` turns (a group's last
-one shorter when its questions run out). Short conversations keep every question close to the image tokens, as
-evaluation asks it: with two long conversations per image the questions asked late in them were learned far worse.
-Full three-turn conversations need 23% fewer sequences than ones of one to three turns drawn at random (4942 against
-6434 on the default's 1200 scenes, for the same answers), and the first turn of each trains a question asked alone,
-as evaluation asks most. Evaluation images get single questions (a fraction of them one three-turn conversation), so
-each is answered from the image and its own text.
+and location questions single records), as instruction data is written: one sequence trains several answers about
+one image, for the cost of one system prompt and one set of image tokens. No turn can be answered from the text
+before it: the questions fall in two groups (the size range and the diameter, which give each other away, are in
+different ones), and each group asks first the questions every image is asked, then those that exist only for
+some scenes (a question about the polyp's colour says there is a polyp), cut into conversations of
+`training_turns` turns (a group's last one shorter when its questions run out). Short conversations keep every
+question close to the image tokens, as evaluation asks it: with two long conversations per image the questions
+asked late in them were learned far worse. Full three-turn conversations need 23% fewer sequences than ones of one
+to three turns drawn at random, and the first turn of each trains a question asked alone, as evaluation asks most.
+A location question is always asked alone: earlier turns would put the question a varying distance after the image
+tokens, and the row is read from that distance. Evaluation images get single questions (a fraction of them one
+three-turn conversation), so each is answered from the image and its own text.
 
 Written as `train.jsonl`, `val.jsonl`, `test.jsonl` and `images/` (no image in two splits), and read back by
 the same loader as real data.
@@ -52,6 +61,16 @@ INSTRUMENT_KINDS = ("biopsy forceps", "polyp snare")
 SIZES_MM = {4: "<5mm", 8: "5-10mm", 15: "11-20mm", 25: ">20mm"}
 # The most polyps a scene holds at each size, so that they fit side by side.
 MAX_POLYPS = {4: 3, 8: 3, 15: 2, 25: 1}
+# A polyp's centre stays this far (a fraction of the frame) inside the edge, and a single polyp's this far inside
+# its grid cell's borders, so that its cell is clear.
+EDGE_MARGIN = 0.04
+CELL_MARGIN = 0.05
+# Polyps stay in the upper part of the frame: instruments enter below.
+POLYP_FLOOR = 0.85
+# The highlight's shift towards the image centre, in polyp radii per third of the frame the polyp is off centre,
+# and at most.
+HIGHLIGHT_SHIFT = 0.45
+HIGHLIGHT_MAX_SHIFT = 0.6
 ROWS = ("upper", "center", "lower")
 COLUMNS = ("left", "center", "right")
 NUMBER_WORDS = ("zero", "one", "two", "three")
@@ -103,13 +122,15 @@ class Scene:
 @dataclass(frozen=True)
 class Question:
     """A question about a scene, its answer, the options an `mcq` question offers, which of the image's two
-    training groups asks it, and whether it exists only for some scenes (`conditional`)."""
+    training groups asks it, whether it exists only for some scenes (`conditional`), and whether training asks it
+    as a record of its own (`alone`) rather than in a conversation."""
 
     question: str
     answer: str
     candidates: tuple[str, ...] = ()
     group: int = 0
     conditional: bool = False
+    alone: bool = False
 
 
 def write_scenes(root: Path, spec: SyntheticVQA) -> None:
@@ -169,7 +190,7 @@ def draw_scene(rng: np.random.Generator, spec: SyntheticVQA) -> Scene:
         procedure=str(rng.choice(list(PROCEDURES))),
         polyp_colour=str(rng.choice(list(POLYP_COLOURS))),
         polyp_mm=polyp_mm,
-        polyps=place_apart(rng, count, radius),
+        polyps=place_in_cell(rng, radius) if count == 1 else place_apart(rng, count, radius),
         instrument_colour=str(rng.choice(list(INSTRUMENT_COLOURS))),
         instrument_kind=str(rng.choice(INSTRUMENT_KINDS)),
         instruments=tuple(float(x) for x in rng.uniform(0.2, 0.8, int(rng.choice(3, p=[0.4, 0.4, 0.2])))),
@@ -183,13 +204,36 @@ def polyp_count_weights(most: int, none: float) -> np.ndarray:
 
 
 def place_apart(rng: np.random.Generator, count: int, radius: float) -> tuple[tuple[float, float], ...]:
-    """`count` centres in the upper 85% of the frame (instruments enter below), not overlapping each other."""
+    """`count` centres in the upper part of the frame (instruments enter below), not overlapping each other."""
     centres: list[tuple[float, float]] = []
     while len(centres) < count:
-        x, y = rng.uniform(radius + 0.04, 1 - radius - 0.04), rng.uniform(radius + 0.04, 0.85 - radius)
+        x = rng.uniform(radius + EDGE_MARGIN, 1 - radius - EDGE_MARGIN)
+        y = rng.uniform(radius + EDGE_MARGIN, POLYP_FLOOR - radius)
         if all((x - a) ** 2 + (y - b) ** 2 > (2 * radius + 0.05) ** 2 for a, b in centres):
             centres.append((float(x), float(y)))
     return tuple(centres)
+
+
+def place_in_cell(rng: np.random.Generator, radius: float) -> tuple[tuple[float, float], ...]:
+    """One centre in a grid cell drawn uniformly from those a polyp of `radius` fits in."""
+    x0, x1, y0, y1 = cells_for(radius)[int(rng.integers(len(cells_for(radius))))]
+    return ((float(rng.uniform(x0, x1)), float(rng.uniform(y0, y1))),)
+
+
+@functools.cache
+def cells_for(radius: float) -> tuple[tuple[float, float, float, float], ...]:
+    """The (x0, x1, y0, y1) ranges, one per grid cell, where a polyp of `radius` can be centred inside the frame,
+    above the instruments and away from the cell's borders; cells without room are left out."""
+    cells = []
+    for row in range(3):
+        for column in range(3):
+            x0 = max(radius + EDGE_MARGIN, column / 3 + CELL_MARGIN)
+            x1 = min(1 - radius - EDGE_MARGIN, (column + 1) / 3 - CELL_MARGIN)
+            y0 = max(radius + EDGE_MARGIN, row / 3 + CELL_MARGIN)
+            y1 = min(POLYP_FLOOR - radius, (row + 1) / 3 - CELL_MARGIN)
+            if x0 < x1 and y0 < y1:
+                cells.append((x0, x1, y0, y1))
+    return tuple(cells)
 
 
 def ask(rng: np.random.Generator, scene: Scene, spec: SyntheticVQA) -> list[Question]:
@@ -212,12 +256,15 @@ def ask(rng: np.random.Generator, scene: Scene, spec: SyntheticVQA) -> list[Ques
             Question("What color is the polyp?", scene.polyp_colour, conditional=True),
             Question("What is the size of the polyp?", SIZES_MM[scene.polyp_mm], conditional=True),
             Question("What is the diameter of the polyp?", diameter, group=1, conditional=True),
-            Question(f"Is the polyp {options[0]}, {options[1]} or {options[2]}?", scene.polyp_colour, tuple(options)),
+            Question(
+                f"Is the polyp {options[0]}, {options[1]} or {options[2]}?",
+                scene.polyp_colour,
+                tuple(options),
+                alone=True,
+            ),
         ]
-    if count == 1:
-        questions.append(
-            Question("Where in the image is the polyp?", location(*scene.polyps[0]), group=1, conditional=True)
-        )
+    if count == 1 and len(cells_for(scene.polyp_mm / FIELD_OF_VIEW_MM / 2)) > 1:
+        questions.append(Question("Where in the image is the polyp?", location(*scene.polyps[0]), alone=True))
     if tools:
         questions += [
             Question("What color is the instrument?", scene.instrument_colour, conditional=True),
@@ -250,7 +297,7 @@ def location(x: float, y: float) -> str:
 def training_records(
     rng: np.random.Generator, image: str, questions: list[Question], most_turns: int
 ) -> list[dict[str, Any]]:
-    """A training image's conversations and its `mcq` questions as single records.
+    """A training image's conversations, and the questions it asks `alone` as single records.
 
     The questions of each of the image's two groups are ordered always-asked first, then conditional (each part in
     random order), and cut into conversations of `most_turns` turns, the last one shorter when the group's
@@ -260,7 +307,7 @@ def training_records(
     stem = Path(image).stem
     records = []
     for group in (0, 1):
-        asked = [q for q in questions if q.group == group and not q.candidates]
+        asked = [q for q in questions if q.group == group and not q.alone]
         turns = [asked[i] for i in rng.permutation(len(asked))]
         turns.sort(key=lambda q: q.conditional)
         while turns:
@@ -269,8 +316,8 @@ def training_records(
                 records.append(single_record(stem, image, questions.index(chunk[0]), chunk[0]))
             else:
                 records.append(conversation_record(f"{stem}-conversation{len(records)}", image, chunk))
-    offered = [single_record(stem, image, number, q) for number, q in enumerate(questions) if q.candidates]
-    return records + offered
+    alone = [single_record(stem, image, number, q) for number, q in enumerate(questions) if q.alone]
+    return records + alone
 
 
 def conversation_record(record_id: str, image: str, questions: list[Question]) -> dict[str, Any]:
@@ -345,13 +392,17 @@ def vignette(image: np.ndarray) -> np.ndarray:
 def draw_polyp(
     draw: ImageDraw.ImageDraw, rng: np.random.Generator, cx: float, cy: float, r: float, colour: tuple[int, ...]
 ) -> None:
-    """A slightly elliptic blob with a darker rim and a specular highlight."""
+    """A slightly elliptic blob with a darker rim, and a specular highlight moved towards the image centre (where
+    the scope's light is) the further the polyp is from it."""
     rx, ry = r * rng.uniform(0.9, 1.1), r * rng.uniform(0.9, 1.1)
     rim = tuple(int(c * 0.75) for c in colour)
     draw.ellipse((cx - rx, cy - ry, cx + rx, cy + ry), fill=rim)
     draw.ellipse((cx - 0.85 * rx, cy - 0.85 * ry, cx + 0.85 * rx, cy + 0.85 * ry), fill=colour)
-    spot = 0.25 * r
-    draw.ellipse((cx - 0.3 * r - spot, cy - 0.3 * r - spot, cx - 0.3 * r + spot, cy - 0.3 * r + spot), fill="white")
+    half = draw.im.size[0] / 2
+    shift = np.array([half - cx, half - cy]) / (2 * half / 3) * HIGHLIGHT_SHIFT * r
+    shift *= min(1.0, HIGHLIGHT_MAX_SHIFT * r / max(float(np.hypot(*shift)), 1e-9))
+    spot, sx, sy = 0.25 * r, cx + shift[0], cy + shift[1]
+    draw.ellipse((sx - spot, sy - spot, sx + spot, sy + spot), fill="white")
 
 
 def draw_instrument(
