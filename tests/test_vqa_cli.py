@@ -63,8 +63,8 @@ def test_short_training_beats_the_majority_answer_on_closed_questions(cli, tmp_p
         "train",
         "task=vqa",
         "logger=csv",
-        "data.synthetic.num_images=120",
-        # 96 training images in 502 short conversations: 63 steps an epoch, warmed up over the first 20.
+        "data.synthetic.num_images=140",
+        # 112 training images in 592 records: 74 steps an epoch, warmed up over the first 20.
         "data.batch_size=8",
         "trainer.max_epochs=6",
         "task.scheduler.num_warmup_steps=20",

@@ -14,7 +14,7 @@ location is asked only when it fits in more than one cell: a 25 mm polyp, half t
 Its specular highlight sits on the side facing the scope's light at the image centre, as in real endoscopy: the
 side a polyp is on is then seen on the polyp itself. The language model finds an image token's row from its
 distance to the question (rotary positions), but did not learn the column from token order alone (test column
-accuracy 25-39%, chance 33%, in six runs).
+accuracy 25-39%, chance 33%, in nine runs).
 
 A training image's questions are written as short multi-turn records in LLaVA's `conversations` form (its `mcq`
 and location questions single records), as instruction data is written: one sequence trains several answers about
