@@ -185,7 +185,7 @@ def draw_scene(rng: np.random.Generator, spec: SyntheticVQA) -> Scene:
     polyp_mm = int(rng.choice(list(SIZES_MM)))
     weights = polyp_count_weights(MAX_POLYPS[polyp_mm], spec.no_polyp_fraction)
     count = int(rng.choice(np.arange(MAX_POLYPS[polyp_mm] + 1), p=weights))
-    radius = polyp_mm / FIELD_OF_VIEW_MM / 2
+    radius = polyp_radius(polyp_mm)
     return Scene(
         procedure=str(rng.choice(list(PROCEDURES))),
         polyp_colour=str(rng.choice(list(POLYP_COLOURS))),
@@ -195,6 +195,11 @@ def draw_scene(rng: np.random.Generator, spec: SyntheticVQA) -> Scene:
         instrument_kind=str(rng.choice(INSTRUMENT_KINDS)),
         instruments=tuple(float(x) for x in rng.uniform(0.2, 0.8, int(rng.choice(3, p=[0.4, 0.4, 0.2])))),
     )
+
+
+def polyp_radius(millimetres: int) -> float:
+    """A polyp's radius as a fraction of the frame's width."""
+    return millimetres / FIELD_OF_VIEW_MM / 2
 
 
 def polyp_count_weights(most: int, none: float) -> np.ndarray:
@@ -216,7 +221,8 @@ def place_apart(rng: np.random.Generator, count: int, radius: float) -> tuple[tu
 
 def place_in_cell(rng: np.random.Generator, radius: float) -> tuple[tuple[float, float], ...]:
     """One centre in a grid cell drawn uniformly from those a polyp of `radius` fits in."""
-    x0, x1, y0, y1 = cells_for(radius)[int(rng.integers(len(cells_for(radius))))]
+    cells = cells_for(radius)
+    x0, x1, y0, y1 = cells[int(rng.integers(len(cells)))]
     return ((float(rng.uniform(x0, x1)), float(rng.uniform(y0, y1))),)
 
 
@@ -263,7 +269,7 @@ def ask(rng: np.random.Generator, scene: Scene, spec: SyntheticVQA) -> list[Ques
                 alone=True,
             ),
         ]
-    if count == 1 and len(cells_for(scene.polyp_mm / FIELD_OF_VIEW_MM / 2)) > 1:
+    if count == 1 and len(cells_for(polyp_radius(scene.polyp_mm))) > 1:
         questions.append(Question("Where in the image is the polyp?", location(*scene.polyps[0]), alone=True))
     if tools:
         questions += [
@@ -361,7 +367,7 @@ def render(rng: np.random.Generator, scene: Scene, size: int) -> np.ndarray:
     big = size * SUPERSAMPLING
     canvas = Image.fromarray(tissue(rng, scene.procedure, big))
     draw = ImageDraw.Draw(canvas)
-    radius = scene.polyp_mm / FIELD_OF_VIEW_MM / 2 * big
+    radius = polyp_radius(scene.polyp_mm) * big
     for x, y in scene.polyps:
         draw_polyp(draw, rng, x * big, y * big, radius, POLYP_COLOURS[scene.polyp_colour])
     for x in scene.instruments:
