@@ -369,7 +369,7 @@ def render(rng: np.random.Generator, scene: Scene, size: int) -> np.ndarray:
     draw = ImageDraw.Draw(canvas)
     radius = polyp_radius(scene.polyp_mm) * big
     for x, y in scene.polyps:
-        draw_polyp(draw, rng, x * big, y * big, radius, POLYP_COLOURS[scene.polyp_colour])
+        draw_polyp(draw, rng, x * big, y * big, radius, POLYP_COLOURS[scene.polyp_colour], big)
     for x in scene.instruments:
         draw_instrument(draw, rng, x * big, big, scene.instrument_kind, INSTRUMENT_COLOURS[scene.instrument_colour])
     canvas = canvas.filter(ImageFilter.GaussianBlur(SUPERSAMPLING / 3)).resize((size, size), Image.Resampling.BOX)
@@ -396,15 +396,21 @@ def vignette(image: np.ndarray) -> np.ndarray:
 
 
 def draw_polyp(
-    draw: ImageDraw.ImageDraw, rng: np.random.Generator, cx: float, cy: float, r: float, colour: tuple[int, ...]
+    draw: ImageDraw.ImageDraw,
+    rng: np.random.Generator,
+    cx: float,
+    cy: float,
+    r: float,
+    colour: tuple[int, ...],
+    size: int,
 ) -> None:
-    """A slightly elliptic blob with a darker rim, and a specular highlight moved towards the image centre (where
-    the scope's light is) the further the polyp is from it."""
+    """A slightly elliptic blob with a darker rim, and a specular highlight moved towards the centre of the
+    `size`-wide image (where the scope's light is) the further the polyp is from it."""
     rx, ry = r * rng.uniform(0.9, 1.1), r * rng.uniform(0.9, 1.1)
     rim = tuple(int(c * 0.75) for c in colour)
     draw.ellipse((cx - rx, cy - ry, cx + rx, cy + ry), fill=rim)
     draw.ellipse((cx - 0.85 * rx, cy - 0.85 * ry, cx + 0.85 * rx, cy + 0.85 * ry), fill=colour)
-    half = draw.im.size[0] / 2
+    half = size / 2
     shift = np.array([half - cx, half - cy]) / (2 * half / 3) * HIGHLIGHT_SHIFT * r
     shift *= min(1.0, HIGHLIGHT_MAX_SHIFT * r / max(float(np.hypot(*shift)), 1e-9))
     spot, sx, sy = 0.25 * r, cx + shift[0], cy + shift[1]
